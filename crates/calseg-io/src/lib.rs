@@ -1,0 +1,1 @@
+//! calseg-io (under construction)

@@ -1,0 +1,1 @@
+//! calseg-metrics (under construction)
