@@ -1,12 +1,36 @@
-//! The `calseg` command-line program.
+//! The `calseg` command-line program. Each subcommand lives in its own file under
+//! `src/cli/`; this file only parses and dispatches.
 
-use clap::Parser;
+mod cli;
 
-/// Calibrated medical image segmentation.
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Calibrated medical image segmentation: calibration metrics, label smoothing, training.
 #[derive(Parser)]
-#[command(name = "calseg", version, about)]
-struct Cli {}
+#[command(name = "calseg", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    let Cli {} = Cli::parse();
+#[derive(Subcommand)]
+enum Command {
+    /// Measure calibration (ECE, MCE, RMSCE, ACE, class-wise ECE, Brier, NLL) and
+    /// overlap (Dice, IoU, HD95) of a probability map against a label map.
+    Eval(cli::eval::EvalArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Eval(args) => cli::eval::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("calseg: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
 }

@@ -1,0 +1,29 @@
+//! Subcommands of the `calseg` program, one file each.
+
+pub mod eval;
+
+/// What a subcommand can fail with. Bad input (a file that cannot be read, shapes that
+/// disagree, an invalid option value) exits with status 2, as the CLI contract says;
+/// anything else exits with status 1.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The user's input is wrong: the message names the file and the problem.
+    #[error("{0}")]
+    BadInput(String),
+    /// Something failed that is not the input's fault (e.g. writing an output).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl CliError {
+    /// Process exit status for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::BadInput(_) => 2,
+            CliError::Failed(_) => 1,
+        }
+    }
+}
+
+/// Result of a subcommand.
+pub type CliResult = Result<(), CliError>;
