@@ -1,1 +1,7 @@
-//! calseg-metrics (under construction)
+//! calseg-metrics (under construction: modules are being filled in)
+
+pub mod error;
+pub mod reliability;
+
+pub use error::MetricsError;
+pub use reliability::ReliabilityBin;

@@ -1,0 +1,21 @@
+//! Typed errors of calseg-metrics.
+
+/// What can go wrong when feeding data to a metric. Every variant says what was wrong
+/// with the input; none of them is a panic.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MetricsError {
+    /// Probabilities `(K, *spatial)` and labels `(*spatial)` (or a mask) disagree in shape.
+    #[error("shape mismatch: {what}: expected {expected:?}, got {got:?}")]
+    ShapeMismatch {
+        /// Which input disagrees (e.g. "labels", "mask").
+        what: &'static str,
+        /// The shape implied by the probabilities.
+        expected: Vec<usize>,
+        /// The shape given.
+        got: Vec<usize>,
+    },
+    /// Anything else that is invalid about the input, described in words.
+    #[error("invalid input: {0}")]
+    Invalid(String),
+}
