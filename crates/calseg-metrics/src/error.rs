@@ -18,4 +18,13 @@ pub enum MetricsError {
     /// Anything else that is invalid about the input, described in words.
     #[error("invalid input: {0}")]
     Invalid(String),
+    /// An output file (e.g. a plot) could not be rendered or written. Nothing is left
+    /// at `path` in that case (writes go to a temporary file that is renamed at the end).
+    #[error("cannot write {}: {reason}", path.display())]
+    Output {
+        /// The file that was to be written.
+        path: std::path::PathBuf,
+        /// What went wrong (I/O error or rendering error, in words).
+        reason: String,
+    },
 }
