@@ -70,7 +70,7 @@ use rayon::prelude::*;
 use crate::MetricsError;
 
 /// Elements per parallel task in the line passes (several short lines share one task).
-const TASK_ELEMS: usize = 8192;
+const TASK_ELEMS: usize = 16384;
 
 /// Euclidean distance (in the units of `spacing`, e.g. mm) from every voxel to the nearest
 /// `true` voxel of `mask`: `D(x) = min_{y: mask[y]} sqrt( Σ_k (spacing[k]·(x_k − y_k))² )`.
@@ -101,11 +101,11 @@ pub fn euclidean_distance_transform(
     spacing: &[f64],
 ) -> Result<ArrayD<f64>, MetricsError> {
     validate_spacing(mask.ndim(), spacing)?;
-    let init: Vec<f64> = mask
-        .iter()
-        .map(|&m| if m { 0.0 } else { f64::INFINITY })
-        .collect();
-    let mut sq = squared_edt(init, mask.shape(), spacing);
+    let flat: Vec<bool> = match mask.as_slice() {
+        Some(flat) => flat.to_vec(),
+        None => mask.iter().copied().collect(),
+    };
+    let mut sq = squared_edt(&flat, mask.shape(), spacing);
     sq.par_iter_mut().for_each(|v| *v = v.sqrt());
     ArrayD::from_shape_vec(IxDyn(mask.shape()), sq)
         .map_err(|e| MetricsError::Invalid(format!("internal shape error in EDT: {e}")))
@@ -153,7 +153,7 @@ pub fn hd95_per_class<L>(
     spacing: &[f64],
 ) -> Result<Vec<f64>, MetricsError>
 where
-    L: Copy + TryInto<usize> + Debug,
+    L: Copy + TryInto<usize> + Debug + Send + Sync,
 {
     hausdorff_percentile_per_class(pred, truth, n_classes, spacing, 95.0)
 }
@@ -171,7 +171,7 @@ pub fn hausdorff_percentile_per_class<L>(
     percentile: f64,
 ) -> Result<Vec<f64>, MetricsError>
 where
-    L: Copy + TryInto<usize> + Debug,
+    L: Copy + TryInto<usize> + Debug + Send + Sync,
 {
     check_inputs(pred.shape(), truth.shape(), spacing, percentile)?;
     let shape = pred.shape().to_vec();
@@ -279,18 +279,19 @@ fn to_class_indices<L>(
     which: &str,
 ) -> Result<Vec<u32>, MetricsError>
 where
-    L: Copy + TryInto<usize> + Debug,
+    L: Copy + TryInto<usize> + Debug + Send + Sync,
 {
     let limit = n_classes.min(u32::MAX as usize);
-    labels
-        .iter()
-        .map(|&l| match l.try_into() {
-            Ok(c) if c < limit => Ok(c as u32),
-            _ => Err(MetricsError::Invalid(format!(
-                "{which} label {l:?} is outside the classes 0..{n_classes}"
-            ))),
-        })
-        .collect()
+    let convert = |&l: &L| match l.try_into() {
+        Ok(c) if c < limit => Ok(c as u32),
+        _ => Err(MetricsError::Invalid(format!(
+            "{which} label {l:?} is outside the classes 0..{n_classes}"
+        ))),
+    };
+    match labels.as_slice() {
+        Some(flat) => flat.par_iter().with_min_len(4096).map(convert).collect(),
+        None => labels.iter().map(convert).collect(),
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -308,37 +309,109 @@ struct ClassBox {
     in_truth: bool,
 }
 
+/// Bounding boxes and presence flags of every class, one parallel sweep over the rows
+/// (lines along the last axis) of both maps.
 fn class_bounding_boxes(p: &[u32], t: &[u32], shape: &[usize], n_classes: usize) -> Vec<ClassBox> {
     let ndim = shape.len();
-    let mut lo = vec![vec![usize::MAX; ndim]; n_classes];
-    let mut hi = vec![vec![0usize; ndim]; n_classes];
-    let mut in_pred = vec![false; n_classes];
-    let mut in_truth = vec![false; n_classes];
-    let mut idx = vec![0usize; ndim];
-    for (&a, &b) in p.iter().zip(t) {
-        for (c, flags) in [(a as usize, &mut in_pred), (b as usize, &mut in_truth)] {
-            flags[c] = true;
-            for k in 0..ndim {
-                lo[c][k] = lo[c][k].min(idx[k]);
-                hi[c][k] = hi[c][k].max(idx[k]);
-            }
-        }
-        // Advance the row-major multi-index.
-        for k in (0..ndim).rev() {
-            idx[k] += 1;
-            if idx[k] < shape[k] {
-                break;
-            }
-            idx[k] = 0;
-        }
-    }
+    let row = shape[ndim - 1];
+    let n_rows = if row == 0 { 0 } else { p.len() / row };
+    let acc = (0..n_rows)
+        .into_par_iter()
+        .with_min_len(64)
+        .fold(
+            || BoxAcc::new(n_classes, ndim),
+            |mut acc, r| {
+                acc.add_row(
+                    &p[r * row..(r + 1) * row],
+                    &t[r * row..(r + 1) * row],
+                    r,
+                    shape,
+                );
+                acc
+            },
+        )
+        .reduce(|| BoxAcc::new(n_classes, ndim), BoxAcc::merge);
     (0..n_classes)
-        .map(|c| ClassBox {
-            bbox: (in_pred[c] || in_truth[c]).then(|| (lo[c].clone(), hi[c].clone())),
-            in_pred: in_pred[c],
-            in_truth: in_truth[c],
+        .map(|c| {
+            let (in_pred, in_truth) = (acc.in_pred[c], acc.in_truth[c]);
+            let bbox = (in_pred || in_truth).then(|| {
+                (
+                    acc.lo[c * ndim..(c + 1) * ndim].to_vec(),
+                    acc.hi[c * ndim..(c + 1) * ndim].to_vec(),
+                )
+            });
+            ClassBox {
+                bbox,
+                in_pred,
+                in_truth,
+            }
         })
         .collect()
+}
+
+/// Partial bounding boxes (`lo`, `hi`: `n_classes × ndim`, row-major) over some rows.
+struct BoxAcc {
+    ndim: usize,
+    lo: Vec<usize>,
+    hi: Vec<usize>,
+    in_pred: Vec<bool>,
+    in_truth: Vec<bool>,
+    /// `stamp[c] == r + 1` when class `c` occurs in row `r` (avoids clearing per row).
+    stamp: Vec<usize>,
+    idx: Vec<usize>,
+}
+
+impl BoxAcc {
+    fn new(n_classes: usize, ndim: usize) -> Self {
+        Self {
+            ndim,
+            lo: vec![usize::MAX; n_classes * ndim],
+            hi: vec![0; n_classes * ndim],
+            in_pred: vec![false; n_classes],
+            in_truth: vec![false; n_classes],
+            stamp: vec![0; n_classes],
+            idx: vec![0; ndim],
+        }
+    }
+
+    fn add_row(&mut self, p: &[u32], t: &[u32], r: usize, shape: &[usize]) {
+        let d = self.ndim;
+        let last = d - 1;
+        for (i, (&a, &b)) in p.iter().zip(t).enumerate() {
+            for c in [a as usize, b as usize] {
+                self.lo[c * d + last] = self.lo[c * d + last].min(i);
+                self.hi[c * d + last] = self.hi[c * d + last].max(i);
+                self.stamp[c] = r + 1;
+            }
+            self.in_pred[a as usize] = true;
+            self.in_truth[b as usize] = true;
+        }
+        decode_row(r, shape, &mut self.idx);
+        for c in 0..self.stamp.len() {
+            if self.stamp[c] == r + 1 {
+                for k in 0..last {
+                    self.lo[c * d + k] = self.lo[c * d + k].min(self.idx[k]);
+                    self.hi[c * d + k] = self.hi[c * d + k].max(self.idx[k]);
+                }
+            }
+        }
+    }
+
+    fn merge(mut self, other: Self) -> Self {
+        for (a, b) in self.lo.iter_mut().zip(&other.lo) {
+            *a = (*a).min(*b);
+        }
+        for (a, b) in self.hi.iter_mut().zip(&other.hi) {
+            *a = (*a).max(*b);
+        }
+        for (a, b) in self.in_pred.iter_mut().zip(&other.in_pred) {
+            *a |= *b;
+        }
+        for (a, b) in self.in_truth.iter_mut().zip(&other.in_truth) {
+            *a |= *b;
+        }
+        self
+    }
 }
 
 fn class_distance(
@@ -366,11 +439,7 @@ fn class_distance(
 
 /// Distances from every `from` voxel to the nearest `to` voxel (both non-empty).
 fn directed_distances(from: &[bool], to: &[bool], shape: &[usize], spacing: &[f64]) -> Vec<f64> {
-    let init: Vec<f64> = to
-        .par_iter()
-        .map(|&m| if m { 0.0 } else { f64::INFINITY })
-        .collect();
-    let sq = squared_edt(init, shape, spacing);
+    let sq = squared_edt(to, shape, spacing);
     from.iter()
         .zip(&sq)
         .filter(|(f, _)| **f)
@@ -470,49 +539,39 @@ fn surface(mask: &[bool], shape: &[usize]) -> Vec<bool> {
 // Exact squared EDT
 // ---------------------------------------------------------------------------------------
 
-/// Squared anisotropic EDT of a row-major buffer holding `0` at the targets and `+∞`
-/// elsewhere (more generally: `min_y buf[y] + Σ_k s_k²(x_k − y_k)²`).
+/// Squared anisotropic EDT of a row-major mask:
+/// `out[x] = min_{y: mask[y]} Σ_k s_k²(x_k − y_k)²`, `+∞` everywhere if `mask` is all false.
 ///
 /// One pass per axis. Each pass reads lines along the *first* axis of the current layout
-/// (strided gather from a shared buffer) and writes them contiguously as the *last* axis of
-/// the output, so the layout rotates `(b0, b1, …) → (b1, …, b0)`; after `D` passes it is
-/// back in the original order. Writing contiguous lines lets every parallel task own a
-/// disjoint chunk of the output with no unsafe code.
-fn squared_edt(mut buf: Vec<f64>, shape: &[usize], spacing: &[f64]) -> Vec<f64> {
-    let n = buf.len();
-    if n == 0 {
-        return buf;
+/// (a strided gather from a shared buffer, done tile by tile so that reads are contiguous)
+/// and writes them contiguously as the *last* axis of the output, so the layout rotates
+/// `(b0, b1, …) → (b1, …, b0)`; after `D` passes it is back in the original order. Writing
+/// contiguous lines lets every parallel task own a disjoint chunk of the output with no
+/// unsafe code. The first pass works on the binary mask directly (distance to the nearest
+/// `true` in the line, two sweeps); the others take the lower envelope of parabolas.
+fn squared_edt(mask: &[bool], shape: &[usize], spacing: &[f64]) -> Vec<f64> {
+    let n = mask.len();
+    if n == 0 || shape.is_empty() {
+        return vec![f64::INFINITY; n];
     }
-    let mut out = vec![0.0f64; n];
     let mut cur = shape.to_vec();
-    for &s in spacing.iter().take(shape.len()) {
-        let len = cur[0];
-        let inner = n / len;
-        let lines_per_task = (TASK_ELEMS / len).max(1);
-        let src = &buf;
-        out.par_chunks_mut(len * lines_per_task)
-            .enumerate()
-            .for_each_init(
-                || Envelope::with_capacity(len),
-                |env, (task, chunk)| {
-                    for (l, line) in chunk.chunks_mut(len).enumerate() {
-                        let k = task * lines_per_task + l;
-                        env.f.clear();
-                        env.f.extend((0..len).map(|j| src[j * inner + k]));
-                        env.run(s, line);
-                    }
-                },
-            );
+    let mut buf = vec![0.0f64; n];
+    axis_pass(mask, cur[0], spacing[0], &mut buf, binary_line);
+    cur.rotate_left(1);
+    let mut out = vec![0.0f64; n];
+    for &s in spacing.iter().take(shape.len()).skip(1) {
+        axis_pass(&buf, cur[0], s, &mut out, envelope_line);
         std::mem::swap(&mut buf, &mut out);
         cur.rotate_left(1);
     }
     buf
 }
 
-/// Scratch space for the 1-D lower envelope of parabolas.
-struct Envelope {
-    /// Input values `f(q)` of the line.
-    f: Vec<f64>,
+/// Scratch space of one parallel task: a tile of gathered input lines and the lower
+/// envelope of one line.
+struct Scratch<T> {
+    /// Input values of `nl` lines, one line after the other.
+    tile: Vec<T>,
     /// Positions `x_q = q·s` of the parabolas in the envelope.
     xv: Vec<f64>,
     /// Their heights `f(q)`.
@@ -521,63 +580,118 @@ struct Envelope {
     z: Vec<f64>,
 }
 
-impl Envelope {
-    fn with_capacity(n: usize) -> Self {
-        Self {
-            f: Vec::with_capacity(n),
-            xv: Vec::with_capacity(n),
-            fv: Vec::with_capacity(n),
-            z: Vec::with_capacity(n),
+/// One separable pass: `src` is row-major with first axis of length `len`; every line
+/// along that axis is solved by `solve(line, s, out_line, scratch)` and written to `out`
+/// with the axis moved last.
+fn axis_pass<T, F>(src: &[T], len: usize, s: f64, out: &mut [f64], solve: F)
+where
+    T: Copy + Default + Send + Sync,
+    F: Fn(&[T], f64, &mut [f64], &mut Scratch<T>) + Sync,
+{
+    let inner = src.len() / len;
+    let lines_per_task = (TASK_ELEMS / len).max(1);
+    out.par_chunks_mut(len * lines_per_task)
+        .enumerate()
+        .for_each_init(
+            || Scratch {
+                tile: Vec::with_capacity(len * lines_per_task),
+                xv: Vec::with_capacity(len),
+                fv: Vec::with_capacity(len),
+                z: Vec::with_capacity(len),
+            },
+            |scratch, (task, chunk)| {
+                let k0 = task * lines_per_task;
+                let nl = chunk.len() / len;
+                // Gather the tile (a small transpose): `nl` contiguous reads per position.
+                let mut tile = std::mem::take(&mut scratch.tile);
+                tile.clear();
+                tile.resize(nl * len, T::default());
+                for j in 0..len {
+                    let row = &src[j * inner + k0..j * inner + k0 + nl];
+                    for (l, &v) in row.iter().enumerate() {
+                        tile[l * len + j] = v;
+                    }
+                }
+                for (line_in, line_out) in tile.chunks(len).zip(chunk.chunks_mut(len)) {
+                    solve(line_in, s, line_out, scratch);
+                }
+                scratch.tile = tile;
+            },
+        );
+}
+
+/// First pass: `out[i] = (s · |i − nearest true|)²`, `+∞` if the line has no `true`.
+fn binary_line(f: &[bool], s: f64, out: &mut [f64], _: &mut Scratch<bool>) {
+    let mut prev: Option<usize> = None;
+    for (i, (o, &m)) in out.iter_mut().zip(f).enumerate() {
+        if m {
+            prev = Some(i);
+        }
+        *o = match prev {
+            Some(p) => {
+                let d = (i - p) as f64 * s;
+                d * d
+            }
+            None => f64::INFINITY,
+        };
+    }
+    let mut next: Option<usize> = None;
+    for (i, (o, &m)) in out.iter_mut().zip(f).enumerate().rev() {
+        if m {
+            next = Some(i);
+        }
+        if let Some(q) = next {
+            let d = (q - i) as f64 * s;
+            *o = o.min(d * d);
         }
     }
+}
 
-    /// `out[i] = min_q f(q) + (s·(i − q))²` over the finite `f(q)`; `+∞` if there are none.
-    fn run(&mut self, s: f64, out: &mut [f64]) {
-        self.xv.clear();
-        self.fv.clear();
-        self.z.clear();
-        for (q, &fq) in self.f.iter().enumerate() {
-            if fq == f64::INFINITY {
-                continue;
-            }
-            let xq = q as f64 * s;
-            // Pop parabolas that the new one hides completely, then append it.
-            while let (Some(&xr), Some(&fr), Some(&zr)) =
-                (self.xv.last(), self.fv.last(), self.z.last())
-            {
-                // Abscissa where parabola q starts to lie below parabola r (xq > xr).
-                let sep = ((fq + xq * xq) - (fr + xr * xr)) / (2.0 * (xq - xr));
-                if sep <= zr {
-                    self.xv.pop();
-                    self.fv.pop();
-                    self.z.pop();
-                } else {
-                    self.xv.push(xq);
-                    self.fv.push(fq);
-                    self.z.push(sep);
-                    break;
-                }
-            }
-            if self.xv.is_empty() {
-                self.xv.push(xq);
-                self.fv.push(fq);
-                self.z.push(f64::NEG_INFINITY);
+/// Later passes: `out[i] = min_q f(q) + (s·(i − q))²` over the finite `f(q)` (lower
+/// envelope of parabolas, Felzenszwalb–Huttenlocher); `+∞` if there are none.
+fn envelope_line(f: &[f64], s: f64, out: &mut [f64], sc: &mut Scratch<f64>) {
+    sc.xv.clear();
+    sc.fv.clear();
+    sc.z.clear();
+    for (q, &fq) in f.iter().enumerate() {
+        if fq == f64::INFINITY {
+            continue;
+        }
+        let xq = q as f64 * s;
+        // Pop parabolas that the new one hides completely, then append it.
+        while let (Some(&xr), Some(&fr), Some(&zr)) = (sc.xv.last(), sc.fv.last(), sc.z.last()) {
+            // Abscissa from which parabola q lies below parabola r (xq > xr).
+            let sep = ((fq + xq * xq) - (fr + xr * xr)) / (2.0 * (xq - xr));
+            if sep <= zr {
+                sc.xv.pop();
+                sc.fv.pop();
+                sc.z.pop();
+            } else {
+                sc.xv.push(xq);
+                sc.fv.push(fq);
+                sc.z.push(sep);
+                break;
             }
         }
-        if self.xv.is_empty() {
-            out.fill(f64::INFINITY);
-            return;
+        if sc.xv.is_empty() {
+            sc.xv.push(xq);
+            sc.fv.push(fq);
+            sc.z.push(f64::NEG_INFINITY);
         }
-        let k = self.xv.len();
-        let mut j = 0;
-        for (i, o) in out.iter_mut().enumerate() {
-            let x = i as f64 * s;
-            while j + 1 < k && self.z[j + 1] < x {
-                j += 1;
-            }
-            let d = x - self.xv[j];
-            *o = self.fv[j] + d * d;
+    }
+    if sc.xv.is_empty() {
+        out.fill(f64::INFINITY);
+        return;
+    }
+    let k = sc.xv.len();
+    let mut j = 0;
+    for (i, o) in out.iter_mut().enumerate() {
+        let x = i as f64 * s;
+        while j + 1 < k && sc.z[j + 1] < x {
+            j += 1;
         }
+        let d = x - sc.xv[j];
+        *o = sc.fv[j] + d * d;
     }
 }
 
