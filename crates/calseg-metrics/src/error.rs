@@ -24,7 +24,10 @@ pub enum MetricsError {
     Output {
         /// The file that was to be written.
         path: std::path::PathBuf,
-        /// What went wrong (I/O error or rendering error, in words).
+        /// What went wrong (the I/O error, in words).
         reason: String,
     },
+    /// Drawing a figure failed inside the plotting library (not an input problem).
+    #[error("cannot render the figure: {0}")]
+    Render(String),
 }

@@ -1,7 +1,19 @@
 //! calseg-metrics (under construction: modules are being filled in)
+//!
+//! ## Dependencies
+//! - `ndarray` (n-d arrays and views), `rayon` (data parallelism, e.g. the per-line passes
+//!   of the exact distance transform in [`hd95`]), `thiserror` (the [`MetricsError`] type).
+//! - Feature `plot` only: `plotters` (the Rust plotting library; default features off, just
+//!   its pure-Rust bitmap and SVG backends and the `ab_glyph` text renderer), `png` (encodes
+//!   the rendered bitmap), and `dejavu` (the DejaVu Sans font faces as bytes, embedded so that
+//!   PNG rendering needs no system font library — no fontconfig, no freetype). DejaVu fonts
+//!   are under the Bitstream Vera Fonts license with DejaVu's changes in the public domain
+//!   (free to use, embed and redistribute); the `dejavu` crate's code is MIT/Apache-2.0.
 
 pub mod error;
 pub mod hd95;
+#[cfg(feature = "plot")]
+pub mod plot;
 pub mod reliability;
 
 pub use error::MetricsError;
