@@ -314,7 +314,7 @@ struct ClassBox {
 fn class_bounding_boxes(p: &[u32], t: &[u32], shape: &[usize], n_classes: usize) -> Vec<ClassBox> {
     let ndim = shape.len();
     let row = shape[ndim - 1];
-    let n_rows = if row == 0 { 0 } else { p.len() / row };
+    let n_rows = p.len().checked_div(row).unwrap_or(0);
     let acc = (0..n_rows)
         .into_par_iter()
         .with_min_len(64)
@@ -960,7 +960,7 @@ mod tests {
     #[test]
     fn identical_maps_give_zero_and_absent_classes_nan() {
         let mut rng = Rng(5);
-        let labels = ArrayD::from_shape_fn(IxDyn(&[7, 8]), |_| rng.below(3) as u64);
+        let labels = ArrayD::from_shape_fn(IxDyn(&[7, 8]), |_| rng.below(3));
         let hd = hd95_per_class(labels.view(), labels.view(), 5, &[1.0, 2.0]).unwrap();
         assert_eq!(&hd[..3], &[0.0, 0.0, 0.0]);
         assert!(hd[3].is_nan() && hd[4].is_nan());
