@@ -10,12 +10,29 @@
 //!   are under the Bitstream Vera Fonts license with DejaVu's changes in the public domain
 //!   (free to use, embed and redistribute); the `dejavu` crate's code is MIT/Apache-2.0.
 
+pub mod classwise;
+pub mod config;
+pub mod ece;
+pub mod edges;
+mod engine;
 pub mod error;
+pub mod evaluator;
 pub mod hd95;
 #[cfg(feature = "plot")]
 pub mod plot;
+pub mod input;
+pub mod overlap;
 pub mod reliability;
+pub mod scores;
 
+pub use classwise::{ClasswiseCalibration, ClasswiseReport};
+pub use config::{CeceClasses, EmptyDice, InputMode, MetricConfig, Region};
+pub use ece::{Calibration, TopLabelCalibration};
+pub use edges::{BinEdges, EdgeConvention};
 pub use error::MetricsError;
+pub use evaluator::{Evaluator, MacroReport, Report, evaluate, macro_average};
+pub use input::{Input, Label, MaskValue, Probability};
+pub use overlap::{Overlap, OverlapReport, dice_from_counts, iou_from_counts, nanmean};
+pub use scores::{ProperScores, Scores};
 pub use hd95::{euclidean_distance_transform, hd95_per_class};
 pub use reliability::ReliabilityBin;

@@ -7,6 +7,7 @@
 /// depending on the edge convention). For an empty bin (`count == 0`) both are `NaN`:
 /// an empty bin has no mean, and plots and JSON (`null`) must not show it as 0.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ReliabilityBin {
     /// Lower bin edge.
     pub lower: f64,

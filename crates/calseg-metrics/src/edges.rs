@@ -1,0 +1,465 @@
+//! Confidence bins: edges, interval conventions and the bin of a confidence.
+//!
+//! # Edges
+//! The `n + 1` edges are **float32** values made exactly as
+//! `torch.linspace(0, 1, n + 1, dtype=torch.float32)` makes them (torchmetrics' edges, also
+//! used by the SVLS/MbLS/NACL evaluation code). They are *not* always `f32(k / n)`: with
+//! `step = f32(1 / n)` (an f32 division),
+//!
+//! ```text
+//! edge[k] = f32(step · k)            for k <  (n + 1) / 2   (integer division)
+//! edge[k] = f32(1 − step · (n − k))  for k >= (n + 1) / 2
+//! ```
+//!
+//! each product/difference computed exactly in f64 and rounded to f32 once. For `n = 15`
+//! six edges differ from `f32(k / 15)` by 1–2 ulp, which moves confidences that sit on an
+//! edge into another bin; [`torch_linspace_f32`] reproduces torch bit for bit.
+//!
+//! # Comparisons
+//! For f32 input the f32 confidence is compared with the f32 edges (as torch does). For
+//! f64 input the f64 confidence is compared with the f32 edges converted (exactly) to f64.
+//!
+//! # Interval conventions ([`EdgeConvention`])
+//! | convention | bin `b` holds | `0.0` | `1.0` | confidence on an inner edge `e_k` |
+//! |---|---|---|---|---|
+//! | [`LeftClosed`](EdgeConvention::LeftClosed) (default) | `[e_b, e_{b+1})`, last bin `[e_{n−1}, 1]` | bin 0 | bin `n−1` | bin `k` (upper) |
+//! | [`RightClosed`](EdgeConvention::RightClosed) (SVLS/MbLS/NACL code) | `(e_b, e_{b+1}]` | **no bin**, still counted in `N` | bin `n−1` | bin `k−1` (lower) |
+//! | [`Torchmetrics`](EdgeConvention::Torchmetrics) | `[e_b, e_{b+1})` plus an extra bin `n` | bin 0 | extra bin `n` (holds only `1.0`) | bin `k` (upper) |
+//!
+//! `Torchmetrics` reproduces torchmetrics 1.9 exactly, including its extra `(n+1)`-th bin
+//! for confidence `== 1.0` (torchmetrics issue #3510); it exists to compare with published
+//! torchmetrics numbers, not as a recommendation.
+
+use crate::MetricsError;
+
+/// Default number of bins (torchmetrics' and MbLS' default).
+pub const DEFAULT_BINS: usize = 15;
+
+/// Largest accepted number of bins (keeps every edge computation exact in f64).
+pub const MAX_BINS: usize = 1 << 20;
+
+/// Which side of a bin is closed. See the [module docs](self) for the full table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum EdgeConvention {
+    /// `[lo, hi)`, with confidence `1.0` in the last bin (numpy/netcal style; CLI
+    /// `--edges left`). The default.
+    #[default]
+    LeftClosed,
+    /// `(lo, hi]` as in the SVLS, MbLS and NACL evaluation code (CLI `--edges right`):
+    /// a confidence of exactly `0.0` falls in no bin but still counts in `N`.
+    RightClosed,
+    /// torchmetrics' exact behaviour (CLI `--edges torchmetrics`): `[lo, hi)` and an extra
+    /// `(n+1)`-th bin that holds only confidence `== 1.0`.
+    Torchmetrics,
+}
+
+impl EdgeConvention {
+    /// Number of reported bins for `n_bins` edges intervals: `n_bins`, or `n_bins + 1` for
+    /// [`Torchmetrics`](EdgeConvention::Torchmetrics).
+    pub fn n_reported_bins(self, n_bins: usize) -> usize {
+        match self {
+            EdgeConvention::Torchmetrics => n_bins + 1,
+            _ => n_bins,
+        }
+    }
+}
+
+impl std::fmt::Display for EdgeConvention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EdgeConvention::LeftClosed => "left",
+            EdgeConvention::RightClosed => "right",
+            EdgeConvention::Torchmetrics => "torchmetrics",
+        })
+    }
+}
+
+impl std::str::FromStr for EdgeConvention {
+    type Err = MetricsError;
+    /// Parses the CLI spellings `left`, `right`, `torchmetrics`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "left" => Ok(EdgeConvention::LeftClosed),
+            "right" => Ok(EdgeConvention::RightClosed),
+            "torchmetrics" => Ok(EdgeConvention::Torchmetrics),
+            _ => Err(MetricsError::InvalidConfig(format!(
+                "unknown edge convention {s:?} (expected left, right or torchmetrics)"
+            ))),
+        }
+    }
+}
+
+/// The `n + 1` bin edges of `torch.linspace(0, 1, n + 1, dtype=torch.float32)`, bit for
+/// bit (see the [module docs](self) for the rule).
+///
+/// ```
+/// use calseg_metrics::edges::torch_linspace_f32;
+/// let e = torch_linspace_f32(15);
+/// assert_eq!(e.len(), 16);
+/// assert_eq!((e[0], e[15]), (0.0, 1.0));
+/// assert_ne!(e[3], (3.0f64 / 15.0) as f32); // torch's edge differs from f32(3/15) by 1 ulp
+/// ```
+pub fn torch_linspace_f32(n_bins: usize) -> Vec<f32> {
+    let steps = n_bins + 1;
+    let step = 1.0f32 / n_bins as f32; // f32 division, as torch
+    let s = f64::from(step);
+    let half = steps / 2;
+    (0..steps)
+        .map(|k| {
+            if k < half {
+                (s * k as f64) as f32 // exact product in f64, one rounding
+            } else {
+                (1.0 - s * (n_bins - k) as f64) as f32 // exact in f64, one rounding (= fma)
+            }
+        })
+        .collect()
+}
+
+/// Validated bin edges plus the convention: everything needed to map a confidence to a bin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BinEdges {
+    n_bins: usize,
+    convention: EdgeConvention,
+    edges: Vec<f32>,
+}
+
+impl BinEdges {
+    /// Edges for `n_bins` bins (`1..=MAX_BINS`) under `convention`.
+    ///
+    /// # Errors
+    /// [`MetricsError::InvalidConfig`] when `n_bins` is 0 or larger than [`MAX_BINS`].
+    pub fn new(n_bins: usize, convention: EdgeConvention) -> Result<Self, MetricsError> {
+        if n_bins == 0 || n_bins > MAX_BINS {
+            return Err(MetricsError::InvalidConfig(format!(
+                "number of bins must be in 1..={MAX_BINS}, got {n_bins}"
+            )));
+        }
+        Ok(BinEdges {
+            n_bins,
+            convention,
+            edges: torch_linspace_f32(n_bins),
+        })
+    }
+
+    /// Number of equal-width bins `n`.
+    pub fn n_bins(&self) -> usize {
+        self.n_bins
+    }
+
+    /// The interval convention.
+    pub fn convention(&self) -> EdgeConvention {
+        self.convention
+    }
+
+    /// The `n + 1` float32 edges.
+    pub fn edges(&self) -> &[f32] {
+        &self.edges
+    }
+
+    /// Number of reported bins (`n`, or `n + 1` for torchmetrics).
+    pub fn n_reported_bins(&self) -> usize {
+        self.convention.n_reported_bins(self.n_bins)
+    }
+
+    /// `(lower, upper)` of reported bin `b` as f64 (the f32 edges, exactly). The extra
+    /// torchmetrics bin `n` is `(1.0, 1.0)`.
+    pub fn bounds(&self, b: usize) -> (f64, f64) {
+        if b >= self.n_bins {
+            (1.0, 1.0)
+        } else {
+            (f64::from(self.edges[b]), f64::from(self.edges[b + 1]))
+        }
+    }
+
+    /// Bin of an f32 confidence: `Some(b)` with `b < n_reported_bins()`, or `None` when it
+    /// falls in no bin (`0.0` under right-closed bins, or a value outside `[0, 1]`).
+    ///
+    /// ```
+    /// use calseg_metrics::edges::{BinEdges, EdgeConvention};
+    /// let left = BinEdges::new(10, EdgeConvention::LeftClosed)?;
+    /// let right = BinEdges::new(10, EdgeConvention::RightClosed)?;
+    /// let tm = BinEdges::new(10, EdgeConvention::Torchmetrics)?;
+    /// assert_eq!(left.bin_f32(0.5), Some(5)); // on an edge: upper bin
+    /// assert_eq!(right.bin_f32(0.5), Some(4)); // on an edge: lower bin
+    /// assert_eq!((left.bin_f32(1.0), right.bin_f32(1.0), tm.bin_f32(1.0)), (Some(9), Some(9), Some(10)));
+    /// assert_eq!((left.bin_f32(0.0), right.bin_f32(0.0)), (Some(0), None));
+    /// # Ok::<(), calseg_metrics::MetricsError>(())
+    /// ```
+    pub fn bin_f32(&self, x: f32) -> Option<usize> {
+        slot_to_bin(SlotTable::<f32>::new(self).slot(x), self)
+    }
+
+    /// Bin of an f64 confidence, compared with the f32 edges converted to f64.
+    pub fn bin_f64(&self, x: f64) -> Option<usize> {
+        slot_to_bin(SlotTable::<f64>::new(self).slot(x), self)
+    }
+}
+
+fn slot_to_bin(slot: usize, e: &BinEdges) -> Option<usize> {
+    if slot == 0 || slot > e.n_reported_bins() {
+        None
+    } else {
+        Some(slot - 1)
+    }
+}
+
+/// Float types confidences are binned in: f32 and f64. Sealed.
+pub trait EdgeFloat: Copy + PartialOrd + std::ops::Mul<Output = Self> + sealed::Sealed {
+    /// `+∞`.
+    const INFINITY: Self;
+    /// An f32 edge in this type (exact).
+    fn from_edge(e: f32) -> Self;
+    /// The next representable value above a non-negative finite `self`.
+    fn next_up_nonneg(self) -> Self;
+    /// `n` as this type (exact for `n <= MAX_BINS`).
+    fn from_count(n: usize) -> Self;
+    /// Truncation towards zero, saturating (`NaN` → 0).
+    fn trunc_index(self) -> usize;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+}
+
+impl EdgeFloat for f32 {
+    const INFINITY: Self = f32::INFINITY;
+    #[inline(always)]
+    fn from_edge(e: f32) -> Self {
+        e
+    }
+    #[inline(always)]
+    fn next_up_nonneg(self) -> Self {
+        f32::from_bits(self.to_bits() + 1)
+    }
+    #[inline(always)]
+    fn from_count(n: usize) -> Self {
+        n as f32
+    }
+    #[inline(always)]
+    fn trunc_index(self) -> usize {
+        self as usize
+    }
+}
+
+impl EdgeFloat for f64 {
+    const INFINITY: Self = f64::INFINITY;
+    #[inline(always)]
+    fn from_edge(e: f32) -> Self {
+        f64::from(e)
+    }
+    #[inline(always)]
+    fn next_up_nonneg(self) -> Self {
+        f64::from_bits(self.to_bits() + 1)
+    }
+    #[inline(always)]
+    fn from_count(n: usize) -> Self {
+        n as f64
+    }
+    #[inline(always)]
+    fn trunc_index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Branch-free bin lookup used by the hot loops.
+///
+/// Slots: `0` = "no bin" (trash), `1..=n` = bins `0..n`, `n + 1` = torchmetrics' extra bin.
+/// A guess `g = ⌊x·n⌋` is off by at most one from the true bin, so the slot is
+/// `g + 1 + [x ≥ E[g+1]] − [x < E[g]]`, clamped to the last slot of the convention. A
+/// right-closed comparison `x > e` is the left-closed `x ≥ next_up(e)`, so right-closed
+/// bins use the edges moved up by one ulp (`E[0] = next_up(0)` sends `0.0` to the trash);
+/// `E[n + 1] = +∞`.
+#[derive(Debug, Clone)]
+pub(crate) struct SlotTable<T> {
+    e: Vec<T>,
+    nf: T,
+    n: usize,
+    max_slot: usize,
+}
+
+impl<T: EdgeFloat> SlotTable<T> {
+    pub(crate) fn new(b: &BinEdges) -> Self {
+        let n = b.n_bins;
+        let mut e: Vec<T> = b
+            .edges
+            .iter()
+            .map(|&x| {
+                let v = T::from_edge(x);
+                if b.convention == EdgeConvention::RightClosed {
+                    v.next_up_nonneg()
+                } else {
+                    v
+                }
+            })
+            .collect();
+        e.push(T::INFINITY);
+        let max_slot = match b.convention {
+            EdgeConvention::Torchmetrics => n + 1,
+            _ => n,
+        };
+        SlotTable {
+            e,
+            nf: T::from_count(n),
+            n,
+            max_slot,
+        }
+    }
+
+    /// Number of slots (`n + 2`).
+    #[inline(always)]
+    pub(crate) fn n_slots(&self) -> usize {
+        self.n + 2
+    }
+
+    /// Slot of `x` (see the type docs). Any input (even NaN or out of range) gives a slot
+    /// `< n_slots()`; callers only pass validated confidences.
+    #[inline(always)]
+    pub(crate) fn slot(&self, x: T) -> usize {
+        let g = (x * self.nf).trunc_index().min(self.n);
+        let up = (x >= self.e[g + 1]) as usize;
+        let down = (x < self.e[g]) as usize;
+        (g + 1 + up - down).min(self.max_slot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reference: numpy's searchsorted rule, straight from the definition.
+    fn reference_bin(x: f64, edges: &[f64], conv: EdgeConvention) -> Option<usize> {
+        let n = edges.len() - 1;
+        match conv {
+            EdgeConvention::LeftClosed | EdgeConvention::Torchmetrics => {
+                let cnt = edges.iter().filter(|&&e| e <= x).count();
+                if cnt == 0 {
+                    return None;
+                }
+                let b = cnt - 1;
+                if b == n {
+                    if conv == EdgeConvention::LeftClosed {
+                        Some(n - 1)
+                    } else {
+                        Some(n)
+                    }
+                } else {
+                    Some(b)
+                }
+            }
+            EdgeConvention::RightClosed => {
+                let cnt = edges.iter().filter(|&&e| e < x).count();
+                if cnt == 0 || cnt > n {
+                    None
+                } else {
+                    Some(cnt - 1)
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn linspace_matches_known_torch_values() {
+        // From ref.json (edges_f32_hex, n = 15): torch differs from f32(k/15) at these k.
+        let e = torch_linspace_f32(15);
+        let differ: Vec<usize> = (0..16)
+            .filter(|&k| e[k] != (k as f64 / 15.0) as f32)
+            .collect();
+        assert_eq!(differ, vec![3, 6, 7, 8, 9, 10]);
+        let e10 = torch_linspace_f32(10);
+        assert_eq!(e10[7], 0.7f32);
+        assert_eq!(e10[10], 1.0);
+        for n in 1..=300 {
+            let e = torch_linspace_f32(n);
+            assert_eq!(e[0], 0.0);
+            assert_eq!(e[n], 1.0);
+            assert!(e.windows(2).all(|w| w[0] < w[1]), "n = {n}");
+        }
+    }
+
+    #[test]
+    fn fast_slot_agrees_with_searchsorted_near_every_edge() {
+        for conv in [
+            EdgeConvention::LeftClosed,
+            EdgeConvention::RightClosed,
+            EdgeConvention::Torchmetrics,
+        ] {
+            for n in (1..=64).chain([100, 128, 200, 255, 1000]) {
+                let b = BinEdges::new(n, conv).unwrap();
+                let ef: Vec<f64> = b.edges().iter().map(|&x| f64::from(x)).collect();
+                let mut xs: Vec<f32> = vec![0.0, 1.0, f32::from_bits(1), 1e-30, 0.5];
+                for &e in b.edges() {
+                    let mut lo = e;
+                    let mut hi = e;
+                    for _ in 0..4 {
+                        xs.push(lo);
+                        xs.push(hi);
+                        lo = f32::from_bits(lo.to_bits().saturating_sub(1));
+                        hi = f32::from_bits(hi.to_bits() + 1);
+                    }
+                    xs.push((f64::from(e) + 0.3 / n as f64) as f32);
+                }
+                for &x in xs.iter().filter(|&&x| (0.0..=1.0).contains(&x)) {
+                    assert_eq!(
+                        b.bin_f32(x),
+                        reference_bin(f64::from(x), &ef, conv),
+                        "f32 n={n} {conv:?} x={x:e}"
+                    );
+                    let xd = f64::from(x);
+                    for y in [xd, xd + 1e-12, xd - 1e-12] {
+                        if (0.0..=1.0).contains(&y) {
+                            assert_eq!(
+                                b.bin_f64(y),
+                                reference_bin(y, &ef, conv),
+                                "f64 n={n} {conv:?} x={y:e}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn conventions_at_zero_one_and_edges() {
+        let l = BinEdges::new(15, EdgeConvention::LeftClosed).unwrap();
+        let r = BinEdges::new(15, EdgeConvention::RightClosed).unwrap();
+        let t = BinEdges::new(15, EdgeConvention::Torchmetrics).unwrap();
+        assert_eq!(l.n_reported_bins(), 15);
+        assert_eq!(t.n_reported_bins(), 16);
+        assert_eq!(t.bounds(15), (1.0, 1.0));
+        assert_eq!(l.bin_f32(0.0), Some(0));
+        assert_eq!(r.bin_f32(0.0), None);
+        assert_eq!(t.bin_f32(0.0), Some(0));
+        assert_eq!(l.bin_f32(1.0), Some(14));
+        assert_eq!(r.bin_f32(1.0), Some(14));
+        assert_eq!(t.bin_f32(1.0), Some(15));
+        let e3 = l.edges()[3];
+        assert_eq!(l.bin_f32(e3), Some(3));
+        assert_eq!(r.bin_f32(e3), Some(2));
+        // f32(3/15) is one ulp away from torch's edge: it lands on the other side.
+        let naive = (3.0f64 / 15.0) as f32;
+        assert_ne!(naive, e3);
+        assert_eq!(l.bin_f32(naive), if naive < e3 { Some(2) } else { Some(3) });
+        // f64 confidence 0.7 is above the f32 edge 0.699999988: bin 7 for both conventions
+        let l10 = BinEdges::new(10, EdgeConvention::LeftClosed).unwrap();
+        let r10 = BinEdges::new(10, EdgeConvention::RightClosed).unwrap();
+        assert_eq!(l10.bin_f64(0.7), Some(7));
+        assert_eq!(r10.bin_f64(0.7), Some(7));
+        assert_eq!(l10.bin_f32(0.7), Some(7));
+        assert_eq!(r10.bin_f32(0.7), Some(6));
+    }
+
+    #[test]
+    fn bad_bin_counts_are_errors() {
+        assert!(matches!(
+            BinEdges::new(0, EdgeConvention::LeftClosed),
+            Err(MetricsError::InvalidConfig(_))
+        ));
+        assert!(BinEdges::new(MAX_BINS + 1, EdgeConvention::LeftClosed).is_err());
+        assert!("left".parse::<EdgeConvention>().is_ok());
+        assert!("middle".parse::<EdgeConvention>().is_err());
+    }
+}
