@@ -4,7 +4,7 @@
 //! # What is computed
 //!
 //! For a predicted label map `P` and a ground-truth label map `T` of the same shape
-//! `(*spatial)` (any number of axes ≥ 1, any integer label type) and a voxel spacing
+//! `(*spatial)` (any number of axes ≥ 1, any integer [`Label`](crate::Label) type) and a voxel spacing
 //! `s = (s_0, …, s_{D-1})` in mm per axis, the score of class `c` is
 //!
 //! ```text
@@ -62,12 +62,10 @@
 //! # Ok::<(), calseg_metrics::MetricsError>(())
 //! ```
 
-use std::fmt::Debug;
-
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 use rayon::prelude::*;
 
-use crate::MetricsError;
+use crate::{Label, MetricsError};
 
 /// Elements per parallel task in the line passes (several short lines share one task).
 const TASK_ELEMS: usize = 16384;
@@ -140,12 +138,14 @@ pub fn surface_voxels(mask: ArrayViewD<'_, bool>) -> ArrayD<bool> {
 /// class `c` is absent from either map. See the [module docs](self) for the definition
 /// (MONAI's), the surface convention and an example.
 ///
-/// `pred` and `truth` are label maps of shape `(*spatial)` (any integer type, any layout),
-/// `spacing[k]` is the voxel size along axis `k`.
+/// `pred` and `truth` are label maps of shape `(*spatial)` (any integer [`Label`] type, any
+/// layout), `spacing[k]` is the voxel size along axis `k`.
 ///
 /// # Errors
 /// [`MetricsError::ShapeMismatch`] when the shapes differ; [`MetricsError::Invalid`] for a
-/// wrong-length or non-positive spacing, zero axes, or a label outside `0..n_classes`.
+/// wrong-length or non-positive spacing or zero axes; [`MetricsError::LabelOutOfRange`]
+/// (`what` = `"pred"` or `"labels"` for the ground truth, with the first offending voxel)
+/// for a label outside `0..n_classes`.
 pub fn hd95_per_class<L>(
     pred: ArrayViewD<'_, L>,
     truth: ArrayViewD<'_, L>,
@@ -153,7 +153,7 @@ pub fn hd95_per_class<L>(
     spacing: &[f64],
 ) -> Result<Vec<f64>, MetricsError>
 where
-    L: Copy + TryInto<usize> + Debug + Send + Sync,
+    L: Label,
 {
     hausdorff_percentile_per_class(pred, truth, n_classes, spacing, 95.0)
 }
@@ -171,12 +171,12 @@ pub fn hausdorff_percentile_per_class<L>(
     percentile: f64,
 ) -> Result<Vec<f64>, MetricsError>
 where
-    L: Copy + TryInto<usize> + Debug + Send + Sync,
+    L: Label,
 {
     check_inputs(pred.shape(), truth.shape(), spacing, percentile)?;
     let shape = pred.shape().to_vec();
-    let p = to_class_indices(&pred, n_classes, "prediction")?;
-    let t = to_class_indices(&truth, n_classes, "ground truth")?;
+    let p = to_class_indices(&pred, n_classes, "pred")?;
+    let t = to_class_indices(&truth, n_classes, "labels")?;
     let boxes = class_bounding_boxes(&p, &t, &shape, n_classes);
     Ok(boxes
         .iter()
@@ -272,25 +272,42 @@ fn check_inputs(
     Ok(())
 }
 
-/// Labels in standard order as `u32` class indices, each checked to lie in `0..n_classes`.
-fn to_class_indices<L>(
+/// Labels in standard order as `u32` class indices, each checked to lie in `0..n_classes`
+/// (the error names the first offending voxel in standard order).
+fn to_class_indices<L: Label>(
     labels: &ArrayViewD<'_, L>,
     n_classes: usize,
-    which: &str,
-) -> Result<Vec<u32>, MetricsError>
-where
-    L: Copy + TryInto<usize> + Debug + Send + Sync,
-{
-    let limit = n_classes.min(u32::MAX as usize);
-    let convert = |&l: &L| match l.try_into() {
-        Ok(c) if c < limit => Ok(c as u32),
-        _ => Err(MetricsError::Invalid(format!(
-            "{which} label {l:?} is outside the classes 0..{n_classes}"
-        ))),
+    what: &'static str,
+) -> Result<Vec<u32>, MetricsError> {
+    // `to_class` saturates invalid values to u32::MAX, which is never below the limit.
+    let limit = u32::try_from(n_classes).unwrap_or(u32::MAX);
+    let classes: Vec<u32> = match labels.as_slice() {
+        Some(flat) => flat
+            .par_iter()
+            .with_min_len(4096)
+            .map(|&l| l.to_class())
+            .collect(),
+        None => labels.iter().map(|&l| l.to_class()).collect(),
     };
-    match labels.as_slice() {
-        Some(flat) => flat.par_iter().with_min_len(4096).map(convert).collect(),
-        None => labels.iter().map(convert).collect(),
+    match classes.par_iter().position_first(|&c| c >= limit) {
+        None => Ok(classes),
+        Some(pos) => {
+            let mut index = vec![0usize; labels.ndim()];
+            let mut rest = pos;
+            for (k, &len) in labels.shape().iter().enumerate().rev() {
+                index[k] = rest % len;
+                rest /= len;
+            }
+            let label = labels
+                .get(index.as_slice())
+                .map_or(i128::from(classes[pos]), |l| l.to_i128());
+            Err(MetricsError::LabelOutOfRange {
+                what,
+                index,
+                label,
+                n_classes,
+            })
+        }
     }
 }
 
@@ -1035,12 +1052,35 @@ mod tests {
         }
         let mut c = a.clone();
         c[[1, 1]] = 7;
+        c[[3, 0]] = 9;
         let err = hd95_per_class(c.view(), a.view(), 3, &[1.0, 1.0]).unwrap_err();
-        assert!(err.to_string().contains('7'), "{err}");
+        assert_eq!(
+            err,
+            MetricsError::LabelOutOfRange {
+                what: "pred",
+                index: vec![1, 1],
+                label: 7,
+                n_classes: 3
+            }
+        );
+        // Also through a transposed view: the index is in the view's own axes.
+        let err = hd95_per_class(a.view(), c.view().reversed_axes(), 3, &[1.0, 1.0]);
+        assert!(matches!(err, Err(MetricsError::ShapeMismatch { .. })));
+        let at = a.view().reversed_axes();
+        let err = hd95_per_class(at, c.view().reversed_axes(), 3, &[1.0, 1.0]).unwrap_err();
+        assert_eq!(
+            err,
+            MetricsError::LabelOutOfRange {
+                what: "labels",
+                index: vec![0, 3],
+                label: 9,
+                n_classes: 3
+            }
+        );
         let neg = ArrayD::<i16>::from_elem(IxDyn(&[2, 2]), -1);
         assert!(matches!(
             hd95_per_class(neg.view(), neg.view(), 3, &[1.0, 1.0]),
-            Err(MetricsError::Invalid(_))
+            Err(MetricsError::LabelOutOfRange { label: -1, .. })
         ));
         assert!(matches!(
             hausdorff_percentile_per_class(a.view(), a.view(), 2, &[1.0, 1.0], 101.0),
