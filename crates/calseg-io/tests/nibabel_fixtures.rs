@@ -112,7 +112,7 @@ fn scaling_big_endian_and_qform_only() {
     let s = read_nifti(fixture("nib_scaled_int16.nii")).unwrap();
     assert_eq!(s.datatype(), DataType::I16);
     assert_eq!(s.scaling, Some((0.5, -3.0)));
-    // Stored ramp value 29 at (1, 1, 4) → 0.5·(29 − 30)... stored = idx − 30.
+    // Stored value at (2, 3, 4) is 59 − 30 = 29; real value 0.5 · 29 − 3.
     assert_eq!(s.to_f64()[[2, 3, 4]], 0.5 * 29.0 - 3.0);
     let (lo, hi) = s.value_range().unwrap();
     assert_eq!((lo, hi), (0.5 * -30.0 - 3.0, 0.5 * 29.0 - 3.0));
@@ -214,7 +214,7 @@ fn label_maps_checked() {
             other => panic!("{name}: {other:?}"),
         }
     }
-    // Negative values in npy too (np_i2 holds (arange - 5) % 7 ≥ 0 … and int8 ramps).
+    // Negative values of an integer type (nibabel's int8 ramp starts at -30).
     let e = read_labels(fixture("nib_int8.nii.gz")).unwrap_err();
     assert!(matches!(
         e,
