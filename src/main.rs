@@ -19,12 +19,19 @@ enum Command {
     /// Measure calibration (ECE, MCE, RMSCE, ACE, class-wise ECE, Brier, NLL) and
     /// overlap (Dice, IoU, HD95) of a probability map against a label map.
     Eval(cli::eval::EvalArgs),
+    /// Print shape, data type, spacing, affine and value range of an image file
+    /// (.nii, .nii.gz, .npy, .safetensors — each tensor —, .png).
+    Info(cli::info::InfoArgs),
+    /// Performance benchmarks (e.g. `calseg bench unet-step`: one U-Net training step).
+    Bench(cli::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Eval(args) => cli::eval::run(args),
+        Command::Info(args) => cli::info::run(args),
+        Command::Bench(args) => cli::bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

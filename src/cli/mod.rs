@@ -1,6 +1,8 @@
 //! Subcommands of the `calseg` program, one file each.
 
+pub mod bench;
 pub mod eval;
+pub mod info;
 
 /// What a subcommand can fail with. Bad input (a file that cannot be read, shapes that
 /// disagree, an invalid option value) exits with status 2, as the CLI contract says;

@@ -1,0 +1,465 @@
+//! Candle custom ops for convolution and transposed convolution (2D and 3D, f32/f64),
+//! forward and backward, on the CPU kernels of [`super::kernels`].
+//!
+//! A transposed convolution is the adjoint of a convolution, so both share the three
+//! kernels: with `G` the convolution that maps the transposed conv's *output* space to its
+//! *input* space (weight `(in_T, out_T, k…)` read as a conv weight `(co, ci, k…)`),
+//!
+//! | | convolution | transposed convolution |
+//! |---|---|---|
+//! | forward | `conv_fwd` | `conv_grad_input` (+ bias) |
+//! | grad of the input | `conv_grad_input` | `conv_fwd` |
+//! | grad of the weight | `conv_grad_weight(x, dy)` | `conv_grad_weight(dy, x)` |
+//! | grad of the bias | `bias_grad(dy)` | `bias_grad(dy)` |
+
+use super::geom::Geom;
+use super::kernels::{bias_grad, conv_fwd, conv_grad_input, conv_grad_weight};
+use candle_core::backend::BackendStorage;
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,
+    bail,
+};
+
+/// Contiguous slice of a CPU storage as `T`, honouring the layout's start offset.
+pub(crate) fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+    let data = s.as_slice::<T>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => bail!("calseg-seg op: input must be contiguous"),
+    }
+}
+
+/// Spatial size `[d, h, w]` of an `(n, c, h, w)` or `(n, c, d, h, w)` tensor (depth 1 in 2D).
+pub(crate) fn spatial(dims: &[usize]) -> Result<[usize; 3]> {
+    match *dims {
+        [_, _, h, w] => Ok([1, h, w]),
+        [_, _, d, h, w] => Ok([d, h, w]),
+        _ => bail!("expected a (n, c, h, w) or (n, c, d, h, w) tensor, got {dims:?}"),
+    }
+}
+
+/// Output dims `(n, c, spatial…)` keeping the rank of the input (2D drops the depth).
+pub(crate) fn out_dims(rank: usize, n: usize, c: usize, sp: [usize; 3]) -> Vec<usize> {
+    if rank == 4 {
+        vec![n, c, sp[1], sp[2]]
+    } else {
+        vec![n, c, sp[0], sp[1], sp[2]]
+    }
+}
+
+/// Stride / padding of an op along (depth, height, width) for an input of `rank`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Conf {
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl Conf {
+    fn arrays(&self, rank: usize) -> ([usize; 3], [usize; 3]) {
+        let (s, p) = (self.stride, self.padding);
+        if rank == 4 {
+            ([1, s, s], [0, p, p])
+        } else {
+            ([s; 3], [p; 3])
+        }
+    }
+
+    /// Geometry of `x ⊛ w` from their dims; checks ranks and channel counts.
+    fn geom(&self, xd: &[usize], wd: &[usize]) -> Result<Geom> {
+        if xd.len() != wd.len() {
+            bail!("conv: input rank {} but weight rank {}", xd.len(), wd.len());
+        }
+        if xd[1] != wd[1] {
+            bail!(
+                "conv: input has {} channels, weight expects {}",
+                xd[1],
+                wd[1]
+            );
+        }
+        let (s, p) = self.arrays(xd.len());
+        Geom::new(xd[0], xd[1], wd[0], spatial(xd)?, spatial(wd)?, s, p).ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "conv: kernel {wd:?} does not fit input {xd:?} with {self:?}"
+            ))
+        })
+    }
+}
+
+fn storage<T: WithDType>(v: Vec<T>) -> CpuStorage {
+    T::to_cpu_storage_owned(v)
+}
+
+/// Runs `$body` with `$t` bound to `f32` or `f64` according to `$dtype`.
+macro_rules! with_float {
+    ($dtype:expr, $name:expr, |$t:ident| $body:block) => {
+        match $dtype {
+            candle_core::DType::F32 => {
+                type $t = f32;
+                $body
+            }
+            candle_core::DType::F64 => {
+                type $t = f64;
+                $body
+            }
+            d => bail!("{}: only f32 and f64 are supported, got {d:?}", $name),
+        }
+    };
+}
+pub(crate) use with_float;
+
+fn same_dtype(a: &CpuStorage, b: &CpuStorage, name: &str) -> Result<DType> {
+    if a.dtype() != b.dtype() {
+        bail!("{name}: dtype mismatch {:?} vs {:?}", a.dtype(), b.dtype());
+    }
+    Ok(a.dtype())
+}
+
+/// Forward convolution `y = x ⊛ w (+ b)`: inputs `x (n, ci, [d,] h, w)`, `w (co, ci, [kd,] kh, kw)`,
+/// optional `b (co)`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConvOp(pub Conf);
+
+impl ConvOp {
+    fn fwd(
+        &self,
+        x: (&CpuStorage, &Layout),
+        w: (&CpuStorage, &Layout),
+        b: Option<(&CpuStorage, &Layout)>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.0.geom(x.1.dims(), w.1.dims())?;
+        let dt = same_dtype(x.0, w.0, "conv")?;
+        if let Some(b) = b {
+            same_dtype(x.0, b.0, "conv")?;
+            if b.1.dims() != [g.co] {
+                bail!("conv: bias shape {:?}, expected [{}]", b.1.dims(), g.co);
+            }
+        }
+        let dims = out_dims(x.1.dims().len(), g.n, g.co, g.o);
+        with_float!(dt, "conv", |T| {
+            let xs = slice::<T>(x.0, x.1)?;
+            let ws = slice::<T>(w.0, w.1)?;
+            let bs = match b {
+                Some(b) => Some(slice::<T>(b.0, b.1)?),
+                None => None,
+            };
+            let mut y = vec![0.0 as T; g.n * g.co * g.ovol()];
+            conv_fwd(&g, xs, ws, bs, &mut y);
+            Ok((storage(y), Shape::from(dims)))
+        })
+    }
+
+    fn backward(&self, x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+        let dy = dy.contiguous()?;
+        let dx = dy.apply_op2_no_bwd(
+            w,
+            &GradInputOp {
+                conf: self.0,
+                in_dims: x.dims().to_vec(),
+            },
+        )?;
+        let k = spatial(w.dims())?;
+        let dw = x.apply_op2_no_bwd(&dy, &GradWeightOp { conf: self.0, k })?;
+        Ok((dx, dw))
+    }
+}
+
+impl CustomOp2 for ConvOp {
+    fn name(&self) -> &'static str {
+        "calseg-conv"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.fwd((s1, l1), (s2, l2), None)
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw) = self.backward(x, w, dy)?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+impl CustomOp3 for ConvOp {
+    fn name(&self) -> &'static str {
+        "calseg-conv-bias"
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.fwd((s1, l1), (s2, l2), Some((s3, l3)))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw) = self.backward(x, w, dy)?;
+        let db = dy.contiguous()?.apply_op1_no_bwd(&BiasGradOp)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// Input gradient of [`ConvOp`]: `(dy, w) → dx` with `dx` of dims `in_dims`.
+#[derive(Clone, Debug)]
+pub(crate) struct GradInputOp {
+    pub conf: Conf,
+    pub in_dims: Vec<usize>,
+}
+
+impl CustomOp2 for GradInputOp {
+    fn name(&self) -> &'static str {
+        "calseg-conv-grad-input"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.conf.geom(&self.in_dims, l2.dims())?;
+        let dyd = l1.dims();
+        if dyd.len() != self.in_dims.len()
+            || dyd[0] != g.n
+            || dyd[1] != g.co
+            || spatial(dyd)? != g.o
+        {
+            bail!(
+                "conv grad-input: gradient dims {dyd:?} do not match the conv output of {:?}",
+                self.in_dims
+            );
+        }
+        let dt = same_dtype(s1, s2, "conv grad-input")?;
+        with_float!(dt, "conv grad-input", |T| {
+            let dy = slice::<T>(s1, l1)?;
+            let w = slice::<T>(s2, l2)?;
+            let mut dx = vec![0.0 as T; g.n * g.ci * g.ivol()];
+            conv_grad_input(&g, dy, w, &mut dx);
+            Ok((storage(dx), Shape::from(self.in_dims.clone())))
+        })
+    }
+}
+
+/// Weight gradient of [`ConvOp`]: `(x, dy) → dw (co, ci, k…)`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct GradWeightOp {
+    pub conf: Conf,
+    pub k: [usize; 3],
+}
+
+impl CustomOp2 for GradWeightOp {
+    fn name(&self) -> &'static str {
+        "calseg-conv-grad-weight"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (xd, dyd) = (l1.dims(), l2.dims());
+        let rank = xd.len();
+        if dyd.len() != rank {
+            bail!("conv grad-weight: rank mismatch {xd:?} vs {dyd:?}");
+        }
+        let mut wd = vec![dyd[1], xd[1]];
+        wd.extend_from_slice(&self.k[3 - (rank - 2)..]);
+        let g = self.conf.geom(xd, &wd)?;
+        if dyd[0] != g.n || spatial(dyd)? != g.o {
+            bail!("conv grad-weight: gradient dims {dyd:?} do not match the conv output of {xd:?}");
+        }
+        let dt = same_dtype(s1, s2, "conv grad-weight")?;
+        with_float!(dt, "conv grad-weight", |T| {
+            let x = slice::<T>(s1, l1)?;
+            let dy = slice::<T>(s2, l2)?;
+            let mut dw = vec![0.0 as T; g.co * g.kdim()];
+            conv_grad_weight(&g, x, dy, &mut dw);
+            Ok((storage(dw), Shape::from(wd)))
+        })
+    }
+}
+
+/// Bias gradient: `dy (n, c, …) → (c)`, the sum over batch and space.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BiasGradOp;
+
+impl CustomOp1 for BiasGradOp {
+    fn name(&self) -> &'static str {
+        "calseg-bias-grad"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let d = l.dims();
+        if d.len() < 2 {
+            bail!("bias grad: expected (n, c, …), got {d:?}");
+        }
+        let (n, c) = (d[0], d[1]);
+        let p: usize = d[2..].iter().product();
+        with_float!(s.dtype(), "bias grad", |T| {
+            let dy = slice::<T>(s, l)?;
+            let mut db = vec![0.0 as T; c];
+            bias_grad(n, c, p, dy, &mut db);
+            Ok((storage(db), Shape::from(c)))
+        })
+    }
+}
+
+/// Transposed convolution: `x (n, ci, i…)`, `w (ci, co, k…)`, optional `b (co)` →
+/// `y (n, co, (i − 1)·s − 2p + k …)`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConvTransposeOp(pub Conf);
+
+impl ConvTransposeOp {
+    /// The adjoint convolution's geometry and the output dims.
+    fn geom(&self, xd: &[usize], wd: &[usize]) -> Result<(Geom, Vec<usize>)> {
+        if xd.len() != wd.len() || !(4..=5).contains(&xd.len()) {
+            bail!("conv-transpose: input {xd:?} and weight {wd:?} ranks differ or are not 4/5");
+        }
+        if xd[1] != wd[0] {
+            bail!(
+                "conv-transpose: input has {} channels, weight expects {}",
+                xd[1],
+                wd[0]
+            );
+        }
+        let (i, k) = (spatial(xd)?, spatial(wd)?);
+        let (s, p) = self.0.arrays(xd.len());
+        let mut o = [0; 3];
+        for a in 0..3 {
+            let full = (i[a].max(1) - 1) * s[a] + k[a];
+            if full < 2 * p[a] + 1 {
+                bail!(
+                    "conv-transpose: padding {} too large for input {xd:?}",
+                    p[a]
+                );
+            }
+            o[a] = full - 2 * p[a];
+        }
+        let dims = out_dims(xd.len(), xd[0], wd[1], o);
+        // The conv mapping y-space (channels co_T) to x-space (channels ci_T).
+        let g = Geom::new(xd[0], wd[1], wd[0], o, k, s, p)
+            .filter(|g| g.o == i)
+            .ok_or_else(|| {
+                candle_core::Error::Msg(format!("conv-transpose: bad geometry {xd:?} {wd:?}"))
+            })?;
+        Ok((g, dims))
+    }
+
+    fn fwd(
+        &self,
+        x: (&CpuStorage, &Layout),
+        w: (&CpuStorage, &Layout),
+        b: Option<(&CpuStorage, &Layout)>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (g, dims) = self.geom(x.1.dims(), w.1.dims())?;
+        let dt = same_dtype(x.0, w.0, "conv-transpose")?;
+        if let Some(b) = b {
+            same_dtype(x.0, b.0, "conv-transpose")?;
+            if b.1.dims() != [g.ci] {
+                bail!(
+                    "conv-transpose: bias shape {:?}, expected [{}]",
+                    b.1.dims(),
+                    g.ci
+                );
+            }
+        }
+        with_float!(dt, "conv-transpose", |T| {
+            let xs = slice::<T>(x.0, x.1)?;
+            let ws = slice::<T>(w.0, w.1)?;
+            let mut y = vec![0.0 as T; g.n * g.ci * g.ivol()];
+            conv_grad_input(&g, xs, ws, &mut y);
+            if let Some(b) = b {
+                let bs = slice::<T>(b.0, b.1)?;
+                let vol = g.ivol();
+                use rayon::prelude::*;
+                y.par_chunks_mut(vol).enumerate().for_each(|(nc, plane)| {
+                    let bv = bs[nc % g.ci];
+                    plane.iter_mut().for_each(|v| *v += bv);
+                });
+            }
+            Ok((storage(y), Shape::from(dims)))
+        })
+    }
+
+    fn backward(&self, x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+        let dy = dy.contiguous()?;
+        let dx = dy.apply_op2_no_bwd(w, &ConvOp(self.0))?;
+        let k = spatial(w.dims())?;
+        let dw = dy.apply_op2_no_bwd(x, &GradWeightOp { conf: self.0, k })?;
+        Ok((dx, dw))
+    }
+}
+
+impl CustomOp2 for ConvTransposeOp {
+    fn name(&self) -> &'static str {
+        "calseg-conv-transpose"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.fwd((s1, l1), (s2, l2), None)
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw) = self.backward(x, w, dy)?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+impl CustomOp3 for ConvTransposeOp {
+    fn name(&self) -> &'static str {
+        "calseg-conv-transpose-bias"
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.fwd((s1, l1), (s2, l2), Some((s3, l3)))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw) = self.backward(x, w, dy)?;
+        let db = dy.contiguous()?.apply_op1_no_bwd(&BiasGradOp)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
