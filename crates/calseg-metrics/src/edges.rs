@@ -205,17 +205,36 @@ fn slot_to_bin(slot: usize, e: &BinEdges) -> Option<usize> {
 }
 
 /// Float types confidences are binned in: f32 and f64. Sealed.
-pub trait EdgeFloat: Copy + PartialOrd + std::ops::Mul<Output = Self> + sealed::Sealed {
+pub trait EdgeFloat:
+    Copy
+    + PartialOrd
+    + std::ops::Mul<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + sealed::Sealed
+    + 'static
+{
     /// `+∞`.
     const INFINITY: Self;
+    /// `0`.
+    const ZERO_: Self;
+    /// `1`.
+    const ONE_: Self;
+    /// An f64 constant in this type (rounded).
+    fn from_f64_edge(v: f64) -> Self;
     /// An f32 edge in this type (exact).
     fn from_edge(e: f32) -> Self;
     /// The next representable value above a non-negative finite `self`.
     fn next_up_nonneg(self) -> Self;
+    /// The next representable value below a positive finite `self`.
+    fn prev_pos(self) -> Self;
     /// `n` as this type (exact for `n <= MAX_BINS`).
     fn from_count(n: usize) -> Self;
     /// Truncation towards zero, saturating (`NaN` → 0).
     fn trunc_index(self) -> usize;
+    /// Truncation towards zero to `i32`, saturating (`NaN` → 0); vectorises.
+    fn trunc_i32(self) -> i32;
+    /// `i` as this type.
+    fn from_i32(i: i32) -> Self;
 }
 
 mod sealed {
@@ -226,6 +245,12 @@ mod sealed {
 
 impl EdgeFloat for f32 {
     const INFINITY: Self = f32::INFINITY;
+    const ZERO_: Self = 0.0;
+    const ONE_: Self = 1.0;
+    #[inline(always)]
+    fn from_f64_edge(v: f64) -> Self {
+        v as f32
+    }
     #[inline(always)]
     fn from_edge(e: f32) -> Self {
         e
@@ -235,6 +260,10 @@ impl EdgeFloat for f32 {
         f32::from_bits(self.to_bits() + 1)
     }
     #[inline(always)]
+    fn prev_pos(self) -> Self {
+        f32::from_bits(self.to_bits() - 1)
+    }
+    #[inline(always)]
     fn from_count(n: usize) -> Self {
         n as f32
     }
@@ -242,10 +271,24 @@ impl EdgeFloat for f32 {
     fn trunc_index(self) -> usize {
         self as usize
     }
+    #[inline(always)]
+    fn trunc_i32(self) -> i32 {
+        self as i32
+    }
+    #[inline(always)]
+    fn from_i32(i: i32) -> Self {
+        i as f32
+    }
 }
 
 impl EdgeFloat for f64 {
     const INFINITY: Self = f64::INFINITY;
+    const ZERO_: Self = 0.0;
+    const ONE_: Self = 1.0;
+    #[inline(always)]
+    fn from_f64_edge(v: f64) -> Self {
+        v
+    }
     #[inline(always)]
     fn from_edge(e: f32) -> Self {
         f64::from(e)
@@ -255,12 +298,24 @@ impl EdgeFloat for f64 {
         f64::from_bits(self.to_bits() + 1)
     }
     #[inline(always)]
+    fn prev_pos(self) -> Self {
+        f64::from_bits(self.to_bits() - 1)
+    }
+    #[inline(always)]
     fn from_count(n: usize) -> Self {
         n as f64
     }
     #[inline(always)]
     fn trunc_index(self) -> usize {
         self as usize
+    }
+    #[inline(always)]
+    fn trunc_i32(self) -> i32 {
+        self as i32
+    }
+    #[inline(always)]
+    fn from_i32(i: i32) -> Self {
+        f64::from(i)
     }
 }
 
@@ -275,9 +330,21 @@ impl EdgeFloat for f64 {
 #[derive(Debug, Clone)]
 pub(crate) struct SlotTable<T> {
     e: Vec<T>,
-    nf: T,
-    n: usize,
-    max_slot: usize,
+    pub(crate) nf: T,
+    pub(crate) n: usize,
+    pub(crate) max_slot: usize,
+    /// Fast path: fractional parts of `x·n` closer than this to an integer need the exact
+    /// lookup (edges are within 2.5 ulp of `k/n`, `x·n` within 1 ulp: `n·2⁻²⁰` is 4× that).
+    pub(crate) delta: T,
+    pub(crate) one_minus_delta: T,
+    /// Slot of `x == 0` (1, or 0 = no bin for right-closed bins).
+    pub(crate) slot0: u32,
+    /// `x ∈ [a_lo, a_hi)` ⟺ slot 1 (bin 0).
+    pub(crate) a_lo: T,
+    pub(crate) a_hi: T,
+    /// `x ∈ [b_lo, b_hi]` ⟺ slot `n` (the last bin).
+    pub(crate) b_lo: T,
+    pub(crate) b_hi: T,
 }
 
 impl<T: EdgeFloat> SlotTable<T> {
@@ -300,12 +367,55 @@ impl<T: EdgeFloat> SlotTable<T> {
             EdgeConvention::Torchmetrics => n + 1,
             _ => n,
         };
+        let delta = n as f64 * 2f64.powi(-20);
+        let (a_lo, a_hi, b_lo) = (e[0], e[1], e[n - 1]);
+        let b_hi = if b.convention == EdgeConvention::Torchmetrics {
+            T::ONE_.prev_pos() // 1.0 itself goes to the extra bin
+        } else {
+            T::ONE_
+        };
         SlotTable {
+            a_lo,
+            a_hi,
+            b_lo,
+            b_hi,
             e,
             nf: T::from_count(n),
             n,
             max_slot,
+            delta: T::from_f64_edge(delta),
+            one_minus_delta: T::from_f64_edge(1.0 - delta),
+            slot0: if b.convention == EdgeConvention::RightClosed {
+                0
+            } else {
+                1
+            },
         }
+    }
+
+    /// Branch-free guess of the slot of `x ∈ [0, 1]` from `⌊x·n⌋` alone, and whether it
+    /// needs the exact lookup ([`slot`](Self::slot)): only when `x·n` is within `delta` of
+    /// an inner edge. `x = 0`, `x = 1`, tiny `x` (below the first inner edge) and `x` just
+    /// below 1 (above the last inner edge) are right without it — these are the common
+    /// values of saturated softmax outputs. Vectorises (no table lookup).
+    #[inline(always)]
+    pub(crate) fn guess(&self, x: T) -> (u32, bool) {
+        let t = x * self.nf;
+        let g = t.trunc_i32();
+        let fr = t - T::from_i32(g);
+        // Near the top edge (x·n → n from below) nothing is to fix: 1.0 itself is exact
+        // (clamped below) and anything below it is in the last bin.
+        // `&`/`|` on bools, not `&&`/`||`: no branches.
+        let need = ((g > 0) & (fr < self.delta) & (x != T::ONE_))
+            | ((fr > self.one_minus_delta) & (g + 1 < self.n as i32));
+        let slot = ((g as u32) + 1).min(self.max_slot as u32);
+        let slot = if x == T::ZERO_ { self.slot0 } else { slot };
+        (slot, need)
+    }
+
+    /// This table as an f32 table, when `T` is f32.
+    pub(crate) fn as_f32(&self) -> Option<&SlotTable<f32>> {
+        (self as &dyn std::any::Any).downcast_ref::<SlotTable<f32>>()
     }
 
     /// Number of slots (`n + 2`).
@@ -401,7 +511,18 @@ mod tests {
                     }
                     xs.push((f64::from(e) + 0.3 / n as f64) as f32);
                 }
+                let t32 = SlotTable::<f32>::new(&b);
                 for &x in xs.iter().filter(|&&x| (0.0..=1.0).contains(&x)) {
+                    let exact = t32.slot(x);
+                    let (g, need) = t32.guess(x);
+                    assert!(need || g as usize == exact, "guess n={n} {conv:?} x={x:e}");
+                    // The hot-row fast paths: range ⇒ slot (1 = bin 0, n = last bin).
+                    if x >= t32.a_lo && x < t32.a_hi {
+                        assert_eq!(exact, 1, "A n={n} {conv:?} x={x:e}");
+                    }
+                    if x >= t32.b_lo && x <= t32.b_hi {
+                        assert_eq!(exact, n, "B n={n} {conv:?} x={x:e}");
+                    }
                     assert_eq!(
                         b.bin_f32(x),
                         reference_bin(f64::from(x), &ef, conv),

@@ -262,6 +262,7 @@ impl Engine {
                 _ => NO_CLASS,
             },
             nll_floor: self.config.nll_floor,
+            simd: simd_enabled() && T::as_f32_slice(&[]).is_some(),
         };
         let total = run_all(&ctx, |c, b| run_block(c, b))?;
         self.absorb(total);
@@ -291,6 +292,29 @@ impl Engine {
         self.absorb(total);
         Ok(())
     }
+}
+
+/// Whether the AVX2 kernels may run: the CPU has AVX2, and (tests only) they are not
+/// switched off to exercise the portable loops.
+pub(crate) fn simd_enabled() -> bool {
+    #[cfg(test)]
+    if FORCE_PORTABLE.with(|f| f.get()) {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("popcnt")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Test switch: run the portable loops even on an AVX2 CPU.
+    pub(crate) static FORCE_PORTABLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 trait HasLen: Sync {
@@ -340,6 +364,8 @@ struct Ctx<'a, 'b, T> {
     region: Region,
     background: u32,
     nll_floor: f64,
+    /// Use the AVX2 kernels (f32 input on a CPU with AVX2).
+    simd: bool,
 }
 
 impl<T: Probability> HasLen for Ctx<'_, '_, T> {
@@ -351,21 +377,173 @@ impl<T: Probability> HasLen for Ctx<'_, '_, T> {
     }
 }
 
-/// Scratch buffers of one block.
+/// Voxels per vector group in the fused loop (8 f32 = one AVX2 register).
+pub(crate) const W: usize = 8;
+
+/// Row of bin 0 without a hit (one of the two hot rows, see [`LaneHist`]).
+pub(crate) const HOT_A: u32 = 2;
+
+/// Histogram accumulators of one block, and the packed list of the current chunk.
+///
+/// Every voxel of the region has a row `2·slot + hit`. Two rows are "hot" — bin 0 without
+/// a hit (`p_c ≈ 0`, `y ≠ c`) and the last bin with a hit (confident and right) — and hold
+/// most voxels of a real segmentation: they are summed in eight vector lanes (voxel `i` →
+/// lane `i % 8`). Every other voxel of the region is packed, in voxel order, into the list,
+/// which is scattered at the end of the chunk into four interleaved histogram copies (list
+/// position `j` → copy `j % 4`: four copies break the store-to-load dependency between
+/// voxels of the same bin). Voxels outside the region (row `2·S`) are dropped. Counts are
+/// `u32` (a block has < 2³² voxels), sums f64.
+pub(crate) struct LaneHist<T> {
+    slots: usize,
+    cnt: Vec<u32>,
+    sum: Vec<f64>,
+    /// Hot row sums: lanes of row `HOT_A`, then lanes of row `hot_b`.
+    pub(crate) hot: [f64; 2 * W],
+    pub(crate) hot_cnt: [u32; 2 * W],
+    pub(crate) list_row: Vec<u32>,
+    pub(crate) list_x: Vec<T>,
+    pub(crate) len: usize,
+    /// Row of the last bin with a hit.
+    pub(crate) hot_b: u32,
+    /// Row of voxels outside the region.
+    pub(crate) out: u32,
+}
+
+impl<T: Probability> LaneHist<T> {
+    fn new(slots: usize) -> Self {
+        LaneHist {
+            slots,
+            cnt: vec![0; LANES * 2 * slots],
+            sum: vec![0.0; LANES * 2 * slots],
+            hot: [0.0; 2 * W],
+            hot_cnt: [0; 2 * W],
+            list_row: vec![0; CHUNK + W],
+            list_x: vec![T::ZERO; CHUNK + W],
+            len: 0,
+            hot_b: 2 * (slots as u32).saturating_sub(2) + 1,
+            out: 2 * slots as u32,
+        }
+    }
+
+    /// One voxel (portable path): row, hot lanes or list.
+    #[inline(always)]
+    fn voxel(&mut self, tab: &SlotTable<T>, x: T, hit: bool, inside: bool, i: usize) {
+        let (slot, need) = tab.guess(x);
+        let slot = if need { tab.slot(x) as u32 } else { slot };
+        let row = if inside {
+            2 * slot + u32::from(hit)
+        } else {
+            self.out
+        };
+        let l = i % W;
+        let a = row == HOT_A;
+        let b = row == self.hot_b;
+        self.hot[l] += if a { x.to_f64() } else { 0.0 };
+        self.hot[W + l] += if b { x.to_f64() } else { 0.0 };
+        self.hot_cnt[l] += u32::from(a);
+        self.hot_cnt[W + l] += u32::from(b);
+        self.list_row[self.len] = row;
+        self.list_x[self.len] = x;
+        self.len += usize::from(!(a | b | (row == self.out)));
+    }
+
+    /// Scatters the list (position `j` → copy `j % 4`) and empties it.
+    #[inline(always)]
+    fn flush(&mut self) {
+        let m = self.len;
+        let rows = 2 * self.slots;
+        let (c0, rest) = self.cnt.split_at_mut(rows);
+        let (c1, rest) = rest.split_at_mut(rows);
+        let (c2, c3) = rest.split_at_mut(rows);
+        let (f0, rest) = self.sum.split_at_mut(rows);
+        let (f1, rest) = rest.split_at_mut(rows);
+        let (f2, f3) = rest.split_at_mut(rows);
+        let idx = &self.list_row[..m];
+        let xs = &self.list_x[..m];
+        let quads = m / LANES;
+        for q in 0..quads {
+            let i = q * LANES;
+            let (j0, j1, j2, j3) = (
+                idx[i] as usize,
+                idx[i + 1] as usize,
+                idx[i + 2] as usize,
+                idx[i + 3] as usize,
+            );
+            c0[j0] += 1;
+            f0[j0] += xs[i].to_f64();
+            c1[j1] += 1;
+            f1[j1] += xs[i + 1].to_f64();
+            c2[j2] += 1;
+            f2[j2] += xs[i + 2].to_f64();
+            c3[j3] += 1;
+            f3[j3] += xs[i + 3].to_f64();
+        }
+        for i in quads * LANES..m {
+            let j = idx[i] as usize;
+            c0[j] += 1;
+            f0[j] += xs[i].to_f64();
+        }
+        self.len = 0;
+    }
+
+    /// Adds everything into `h` (fixed order) and clears it.
+    fn drain_into(&mut self, h: &mut Hist) {
+        let rows = 2 * self.slots;
+        let hot_b = self.hot_b as usize;
+        let lane_sum =
+            |v: &[f64]| ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
+        for slot in 0..self.slots {
+            let mut cnt = 0u64;
+            let mut hit = 0u64;
+            let mut f = [0.0f64; LANES];
+            for (l, fl) in f.iter_mut().enumerate() {
+                let base = l * rows + 2 * slot;
+                let miss = u64::from(self.cnt[base]);
+                let hits = u64::from(self.cnt[base + 1]);
+                cnt += miss + hits;
+                hit += hits;
+                *fl = self.sum[base] + self.sum[base + 1];
+            }
+            let mut sum = (f[0] + f[1]) + (f[2] + f[3]);
+            for (half, row) in [(0usize, HOT_A as usize), (1, hot_b)] {
+                if row / 2 == slot {
+                    let c: u64 = self.hot_cnt[half * W..(half + 1) * W]
+                        .iter()
+                        .map(|&x| u64::from(x))
+                        .sum();
+                    cnt += c;
+                    if row % 2 == 1 {
+                        hit += c;
+                    }
+                    sum += lane_sum(&self.hot[half * W..(half + 1) * W]);
+                }
+            }
+            h.count[slot] += cnt;
+            h.hits[slot] += hit;
+            h.sum[slot] += sum;
+        }
+        self.cnt.fill(0);
+        self.sum.fill(0.0);
+        self.hot = [0.0; 2 * W];
+        self.hot_cnt = [0; 2 * W];
+    }
+}
+
+/// Scratch buffers and accumulators of one block.
 struct Scratch<T> {
     pbuf: Vec<T>,
     lbuf: Vec<f64>,
     cls: Vec<u32>,
     ins: Vec<u32>,
     hard: Vec<u32>,
-    conf: Vec<T>,
     pred: Vec<u32>,
-    psum: Vec<T>,
-    pmin: Vec<T>,
-    py: Vec<T>,
-    bri: Vec<f64>,
-    top_lanes: LaneHist,
-    class_lanes: Vec<LaneHist>,
+    top: LaneHist<T>,
+    class: Vec<LaneHist<T>>,
+    /// Brier sums per lane (voxel `i` → lane `i % W`).
+    brier: [f64; W],
+    /// NLL running products and exponents per lane.
+    prod: [f64; W],
+    ex: [i64; W],
 }
 
 impl<T: Probability> Scratch<T> {
@@ -384,66 +562,25 @@ impl<T: Probability> Scratch<T> {
             cls: vec![0; CHUNK],
             ins: vec![1; CHUNK],
             hard: vec![0; CHUNK],
-            conf: vec![T::ZERO; CHUNK],
             pred: vec![0; CHUNK],
-            psum: vec![T::ZERO; CHUNK],
-            pmin: vec![T::ZERO; CHUNK],
-            py: vec![T::ZERO; CHUNK],
-            bri: vec![0.0; CHUNK],
-            top_lanes: LaneHist::new(if needs.top { slots } else { 0 }),
-            class_lanes: if needs.classwise {
+            top: LaneHist::new(if needs.top { slots } else { 2 }),
+            class: if needs.classwise {
                 (0..k).map(|_| LaneHist::new(slots)).collect()
             } else {
                 Vec::new()
             },
+            brier: [0.0; W],
+            prod: [1.0; W],
+            ex: [0; W],
         }
-    }
-}
-
-/// Four interleaved histogram copies: `packed[lane·S + slot]` holds `count | hits << 32`
-/// (a block has fewer than 2^32 voxels), `sum[lane·S + slot]` the f64 confidence sum.
-struct LaneHist {
-    slots: usize,
-    packed: Vec<u64>,
-    sum: Vec<f64>,
-}
-
-impl LaneHist {
-    fn new(slots: usize) -> Self {
-        LaneHist {
-            slots,
-            packed: vec![0; LANES * slots],
-            sum: vec![0.0; LANES * slots],
-        }
-    }
-
-    /// Adds the lanes into `h` (fixed order) and clears them.
-    fn drain_into(&mut self, h: &mut Hist) {
-        let s = self.slots;
-        for slot in 0..s {
-            let mut cnt = 0u64;
-            let mut hit = 0u64;
-            for l in 0..LANES {
-                let v = self.packed[l * s + slot];
-                cnt += v & 0xFFFF_FFFF;
-                hit += v >> 32;
-            }
-            let f = &self.sum;
-            let sum = (f[slot] + f[s + slot]) + (f[2 * s + slot] + f[3 * s + slot]);
-            h.count[slot] += cnt;
-            h.hits[slot] += hit;
-            h.sum[slot] += sum;
-        }
-        self.packed.fill(0);
-        self.sum.fill(0.0);
     }
 }
 
 fn run_block<T: Probability>(ctx: &Ctx<'_, '_, T>, b: usize) -> Result<State, MetricsError> {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above).
+        if ctx.simd {
+            // SAFETY: `simd` is only set when the CPU has AVX2.
             return unsafe { block_avx2(ctx, b) };
         }
     }
@@ -451,7 +588,7 @@ fn run_block<T: Probability>(ctx: &Ctx<'_, '_, T>, b: usize) -> Result<State, Me
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,popcnt")]
 fn block_avx2<T: Probability>(ctx: &Ctx<'_, '_, T>, b: usize) -> Result<State, MetricsError> {
     block_impl(ctx, b)
 }
@@ -470,10 +607,20 @@ fn block_impl<T: Probability>(ctx: &Ctx<'_, '_, T>, b: usize) -> Result<State, M
         s += m;
     }
     if let Some(h) = st.top.as_mut() {
-        scr.top_lanes.drain_into(h);
+        scr.top.drain_into(h);
     }
-    for (lanes, h) in scr.class_lanes.iter_mut().zip(st.class.iter_mut()) {
+    for (lanes, h) in scr.class.iter_mut().zip(st.class.iter_mut()) {
         lanes.drain_into(h);
+    }
+    if ctx.needs.scores {
+        let b = &scr.brier;
+        st.brier += ((b[0] + b[1]) + (b[2] + b[3])) + ((b[4] + b[5]) + (b[6] + b[7]));
+        renorm(&mut scr.prod, &mut scr.ex);
+        let mut s = 0.0;
+        for l in 0..W {
+            s += scr.ex[l] as f64 * std::f64::consts::LN_2 + scr.prod[l].ln();
+        }
+        st.nll -= s;
     }
     Ok(st)
 }
@@ -501,6 +648,141 @@ fn check_classes(
     })
 }
 
+/// Moves the binary exponent of each product into `ex`, leaving a mantissa in `[1, 2)`.
+#[inline(always)]
+pub(crate) fn renorm(prod: &mut [f64; W], ex: &mut [i64; W]) {
+    const MANT: u64 = 0x000F_FFFF_FFFF_FFFF;
+    const ONE_EXP: u64 = 1023 << 52;
+    for l in 0..W {
+        let bits = prod[l].to_bits();
+        ex[l] += ((bits >> 52) & 0x7FF) as i64 - 1023;
+        prod[l] = f64::from_bits((bits & MANT) | ONE_EXP);
+    }
+}
+
+/// Per-chunk inputs of the fused loop.
+pub(crate) struct Fused<'s, T> {
+    pub cls: &'s [u32],
+    pub ins: &'s [u32],
+    pub tol: T,
+    pub check: bool,
+    pub floor: f64,
+    pub table: &'s SlotTable<T>,
+}
+
+/// Accumulators the fused loop writes to.
+pub(crate) struct Sinks<'s, T> {
+    pub pred: &'s mut [u32],
+    pub brier: &'s mut [f64; W],
+    pub prod: &'s mut [f64; W],
+    pub ex: &'s mut [i64; W],
+    pub top: &'s mut LaneHist<T>,
+    pub class: &'s mut [LaneHist<T>],
+}
+
+/// The fused loop for voxels `i0 .. i0 + N` of the chunk (`N = W` for full groups, `1` for
+/// the tail; the arithmetic per voxel is the same): over the channels, the confidence
+/// (max), first argmax and the validation sum and minimum; with `SC` the Brier term
+/// `Σ_{c≠y} p_c² + (p_y − 1)²` (squares of f32 values, exact in f64) and `p_y`; with `CW` the
+/// class-wise histogram voxel of every channel; with `TOP` the top-label histogram voxel.
+/// Returns whether a voxel failed validation (sum within `tol`, min ≥ 0, max ≤ 1).
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+fn fused<
+    'p,
+    T: Probability,
+    const N: usize,
+    const SC: bool,
+    const MASKED: bool,
+    const TOP: bool,
+    const CW: bool,
+>(
+    chan: &impl Fn(usize) -> &'p [T],
+    k: usize,
+    i0: usize,
+    f: &Fused<'_, T>,
+    out: &mut Sinks<'_, T>,
+) -> bool {
+    // Value arrays (new arrays, never a conditional store into an old one): in-place
+    // `a[l] = if c { x } else { a[l] }` is turned into masked stores, very slow on AMD.
+    use std::array::from_fn;
+    let load = |c: usize| -> [T; N] {
+        let p = &chan(c)[i0..i0 + N];
+        from_fn(|l| p[l])
+    };
+    let y: [u32; N] = from_fn(|l| f.cls[i0 + l]);
+    let inside: [bool; N] = from_fn(|l| !MASKED || f.ins[i0 + l] != 0);
+    let p0 = load(0);
+    let mut cf = p0;
+    let mut pr = [0u32; N];
+    let mut s = p0;
+    let mut mn = p0;
+    let mut br = [0.0f64; N];
+    let mut py = [T::ZERO; N];
+    if SC {
+        br = from_fn(|l| {
+            let q = if y[l] == 0 { 0.0 } else { p0[l].to_f64() };
+            q * q
+        });
+        py = from_fn(|l| if y[l] == 0 { p0[l] } else { T::ZERO });
+    }
+    if CW {
+        for l in 0..N {
+            out.class[0].voxel(f.table, p0[l], y[l] == 0, inside[l], i0 + l);
+        }
+    }
+    for c in 1..k {
+        let cu = c as u32;
+        let p = load(c);
+        let gt: [bool; N] = from_fn(|l| p[l] > cf[l]);
+        cf = from_fn(|l| if gt[l] { p[l] } else { cf[l] });
+        pr = from_fn(|l| if gt[l] { cu } else { pr[l] });
+        s = from_fn(|l| s[l] + p[l]);
+        mn = from_fn(|l| if p[l] < mn[l] { p[l] } else { mn[l] });
+        if SC {
+            br = from_fn(|l| {
+                let q = if y[l] == cu { 0.0 } else { p[l].to_f64() };
+                br[l] + q * q
+            });
+            py = from_fn(|l| if y[l] == cu { p[l] } else { py[l] });
+        }
+        if CW {
+            for l in 0..N {
+                out.class[c].voxel(f.table, p[l], y[l] == cu, inside[l], i0 + l);
+            }
+        }
+    }
+    out.pred[i0..i0 + N].copy_from_slice(&pr);
+    if TOP {
+        for l in 0..N {
+            out.top
+                .voxel(f.table, cf[l], pr[l] == y[l], inside[l], i0 + l);
+        }
+    }
+    let mut bad = false;
+    if f.check {
+        for l in 0..N {
+            let d = s[l] - T::ONE;
+            let ok = d <= f.tol && d >= T::ZERO - f.tol && mn[l] >= T::ZERO && cf[l] <= T::ONE;
+            bad |= !ok;
+        }
+    }
+    if SC {
+        for l in 0..N {
+            let d = py[l].to_f64() - 1.0;
+            let b = br[l] + d * d;
+            let lane = (i0 + l) % W;
+            out.brier[lane] += if inside[l] { b } else { 0.0 };
+            out.prod[lane] *= if inside[l] {
+                py[l].to_f64().max(f.floor)
+            } else {
+                1.0
+            };
+        }
+    }
+    bad
+}
+
 #[inline(always)]
 fn chunk<T: Probability>(
     ctx: &Ctx<'_, '_, T>,
@@ -517,14 +799,12 @@ fn chunk<T: Probability>(
         cls,
         ins,
         hard,
-        conf,
         pred,
-        psum,
-        pmin,
-        py,
-        bri,
-        top_lanes,
-        class_lanes,
+        top,
+        class,
+        brier,
+        prod,
+        ex,
     } = scr;
     let cls = &mut cls[..m];
     ctx.labels.fill(start, cls);
@@ -557,50 +837,6 @@ fn chunk<T: Probability>(
         }
     };
 
-    // --- confidence, first argmax, validation sums --------------------------------------
-    let conf = &mut conf[..m];
-    let pred = &mut pred[..m];
-    let psum = &mut psum[..m];
-    let pmin = &mut pmin[..m];
-    {
-        let p0 = chan(0);
-        conf.copy_from_slice(p0);
-        psum.copy_from_slice(p0);
-        pmin.copy_from_slice(p0);
-        pred.fill(0);
-        for c in 1..k {
-            let cu = c as u32;
-            let p = chan(c);
-            for ((((cf, pr), s), mn), &v) in conf
-                .iter_mut()
-                .zip(pred.iter_mut())
-                .zip(psum.iter_mut())
-                .zip(pmin.iter_mut())
-                .zip(p)
-            {
-                let gt = v > *cf;
-                *cf = if gt { v } else { *cf };
-                *pr = if gt { cu } else { *pr };
-                *s = *s + v;
-                *mn = if v < *mn { v } else { *mn };
-            }
-        }
-    }
-    if let InputMode::Probabilities { tol } = ctx.mode {
-        let t = T::from_f64(tol);
-        let one = T::ONE;
-        let zero = T::ZERO;
-        let mut bad = false;
-        for ((&s, &mn), &cf) in psum.iter().zip(pmin.iter()).zip(conf.iter()) {
-            let d = s - one;
-            let ok = d <= t && d >= zero - t && mn >= zero && cf <= one;
-            bad |= !ok;
-        }
-        if bad {
-            return Err(first_bad_probability(&chan, k, m, start, ctx.spatial, tol));
-        }
-    }
-
     // --- region ---------------------------------------------------------------------------
     let masked = ctx.region != Region::All;
     let ins = &mut ins[..m];
@@ -622,30 +858,78 @@ fn chunk<T: Probability>(
     let ins: &[u32] = ins;
     let cls: &[u32] = cls;
 
-    // --- histograms -----------------------------------------------------------------------
-    if ctx.needs.top {
-        let pred: &[u32] = pred;
-        let hit = |i: usize| u64::from(pred[i] == cls[i]);
-        if masked {
-            scatter::<T, true>(ctx.table, conf, ins, hit, top_lanes);
-        } else {
-            scatter::<T, false>(ctx.table, conf, ins, hit, top_lanes);
+    // --- the fused loop -------------------------------------------------------------------
+    let (check, tol) = match ctx.mode {
+        InputMode::Probabilities { tol } => (true, tol),
+        _ => (false, 0.0),
+    };
+    let fz = Fused {
+        cls,
+        ins,
+        tol: T::from_f64(tol),
+        check,
+        floor: ctx.nll_floor,
+        table: ctx.table,
+    };
+    let mut sinks = Sinks {
+        pred: &mut pred[..m],
+        brier,
+        prod,
+        ex,
+        top,
+        class,
+    };
+    let groups = m / W;
+    let n = ctx.needs;
+    let bad = match (n.scores, masked, n.top, n.classwise) {
+        (false, false, false, false) => {
+            run_fused::<T, false, false, false, false>(ctx, &chan, groups, m, &fz, &mut sinks)
         }
+        (false, false, true, false) => {
+            run_fused::<T, false, false, true, false>(ctx, &chan, groups, m, &fz, &mut sinks)
+        }
+        (false, true, true, false) => {
+            run_fused::<T, false, true, true, false>(ctx, &chan, groups, m, &fz, &mut sinks)
+        }
+        (false, false, false, true) => {
+            run_fused::<T, false, false, false, true>(ctx, &chan, groups, m, &fz, &mut sinks)
+        }
+        (false, true, false, true) => {
+            run_fused::<T, false, true, false, true>(ctx, &chan, groups, m, &fz, &mut sinks)
+        }
+        (true, false, false, false) => {
+            run_fused::<T, true, false, false, false>(ctx, &chan, groups, m, &fz, &mut sinks)
+        }
+        (true, true, false, false) => {
+            run_fused::<T, true, true, false, false>(ctx, &chan, groups, m, &fz, &mut sinks)
+        }
+        (true, false, true, true) => {
+            run_fused::<T, true, false, true, true>(ctx, &chan, groups, m, &fz, &mut sinks)
+        }
+        (true, true, true, true) => {
+            run_fused::<T, true, true, true, true>(ctx, &chan, groups, m, &fz, &mut sinks)
+        }
+        // Combinations no accumulator uses: the general instance.
+        (_, false, _, _) => {
+            run_fused::<T, true, false, true, true>(ctx, &chan, groups, m, &fz, &mut sinks)
+        }
+        (_, true, _, _) => {
+            run_fused::<T, true, true, true, true>(ctx, &chan, groups, m, &fz, &mut sinks)
+        }
+    };
+    if bad {
+        return Err(first_bad_probability(&chan, k, m, start, ctx.spatial, tol));
     }
-    if ctx.needs.classwise {
-        for (c, lanes) in class_lanes.iter_mut().enumerate() {
-            let cu = c as u32;
-            let hit = |i: usize| u64::from(cls[i] == cu);
-            if masked {
-                scatter::<T, true>(ctx.table, chan(c), ins, hit, lanes);
-            } else {
-                scatter::<T, false>(ctx.table, chan(c), ins, hit, lanes);
-            }
-        }
+    if n.top {
+        sinks.top.flush();
+    }
+    for h in sinks.class.iter_mut() {
+        h.flush();
     }
 
     // --- overlap --------------------------------------------------------------------------
-    if ctx.needs.overlap {
+    if n.overlap {
+        let pred: &[u32] = sinks.pred;
         let pr: &[u32] = match ctx.pred {
             Some(src) => {
                 let h = &mut hard[..m];
@@ -657,87 +941,54 @@ fn chunk<T: Probability>(
         };
         count_overlap(cls, pr, k, st);
     }
-
-    // --- proper scores --------------------------------------------------------------------
-    if ctx.needs.scores {
-        let bri = &mut bri[..m];
-        let py = &mut py[..m];
-        bri.fill(0.0);
-        py.fill(T::ZERO);
-        for c in 0..k {
-            let cu = c as u32;
-            for (((b, y), &v), &l) in bri.iter_mut().zip(py.iter_mut()).zip(chan(c)).zip(cls) {
-                let is = l == cu;
-                let d = v.to_f64() - if is { 1.0 } else { 0.0 };
-                *b += d * d;
-                *y = if is { v } else { *y };
-            }
-        }
-        let mut acc = [0.0f64; LANES];
-        let floor = ctx.nll_floor;
-        if masked {
-            for (i, &b) in bri.iter().enumerate() {
-                acc[i % LANES] += if ins[i] != 0 { b } else { 0.0 };
-            }
-            st.nll += neg_log_sum(m, |i| {
-                if ins[i] != 0 {
-                    py[i].to_f64().max(floor)
-                } else {
-                    1.0
-                }
-            });
-        } else {
-            for (i, &b) in bri.iter().enumerate() {
-                acc[i % LANES] += b;
-            }
-            st.nll += neg_log_sum(m, |i| py[i].to_f64().max(floor));
-        }
-        st.brier += (acc[0] + acc[1]) + (acc[2] + acc[3]);
-    }
     Ok(())
 }
 
-/// The histogram scatter (see [`LaneHist`]): voxel `i` goes to lane `i % 4`.
+/// Runs the fused loop over a chunk: AVX2 kernel for the full groups when enabled, the
+/// portable loop otherwise and for the tail; NLL products renormalised every 16 groups.
 #[inline(always)]
-fn scatter<T: Probability, const MASKED: bool>(
-    tab: &SlotTable<T>,
-    xs: &[T],
-    ins: &[u32],
-    hit: impl Fn(usize) -> u64,
-    lanes: &mut LaneHist,
-) {
-    let s = lanes.slots;
-    let (c0, rest) = lanes.packed.split_at_mut(s);
-    let (c1, rest) = rest.split_at_mut(s);
-    let (c2, c3) = rest.split_at_mut(s);
-    let (f0, rest) = lanes.sum.split_at_mut(s);
-    let (f1, rest) = rest.split_at_mut(s);
-    let (f2, f3) = rest.split_at_mut(s);
-    let m = xs.len();
-    let one = |i: usize, c: &mut [u64], f: &mut [f64]| {
-        let x = xs[i];
-        let sl = tab.slot(x);
-        let mut v = 1 | (hit(i) << 32);
-        let mut xf = x.to_f64();
-        if MASKED {
-            let w = u64::from(ins[i]);
-            v *= w;
-            xf = if w != 0 { xf } else { 0.0 };
+fn run_fused<
+    'p,
+    T: Probability,
+    const SC: bool,
+    const MASKED: bool,
+    const TOP: bool,
+    const CW: bool,
+>(
+    ctx: &Ctx<'_, '_, T>,
+    chan: &impl Fn(usize) -> &'p [T],
+    groups: usize,
+    m: usize,
+    fz: &Fused<'_, T>,
+    out: &mut Sinks<'_, T>,
+) -> bool {
+    let k = ctx.k;
+    let mut bad = false;
+    let mut done = false;
+    #[cfg(target_arch = "x86_64")]
+    if ctx.simd {
+        if let Some(kernel) = crate::simd::Kernel::new(fz, out) {
+            let ch32 = |c: usize| T::as_f32_slice(chan(c)).unwrap_or(&[]);
+            // SAFETY: `simd` is only set when the CPU has AVX2 and popcnt.
+            bad |= unsafe { kernel.run::<SC, MASKED, TOP, CW>(&ch32, k, groups) };
+            done = true;
         }
-        c[sl] += v;
-        f[sl] += xf;
-    };
-    let quads = m / LANES;
-    for q in 0..quads {
-        let i = q * LANES;
-        one(i, c0, f0);
-        one(i + 1, c1, f1);
-        one(i + 2, c2, f2);
-        one(i + 3, c3, f3);
     }
-    for i in quads * LANES..m {
-        one(i, c0, f0);
+    if !done {
+        for g in 0..groups {
+            bad |= fused::<T, W, SC, MASKED, TOP, CW>(chan, k, g * W, fz, out);
+            if SC && g % 16 == 15 {
+                renorm(out.prod, out.ex);
+            }
+        }
     }
+    for i in groups * W..m {
+        bad |= fused::<T, 1, SC, MASKED, TOP, CW>(chan, k, i, fz, out);
+    }
+    if SC {
+        renorm(out.prod, out.ex);
+    }
+    bad
 }
 
 #[inline(always)]
@@ -756,48 +1007,6 @@ fn count_overlap(cls: &[u32], pr: &[u32], k: usize, st: &mut State) {
         st.pred_count[c] += u64::from(p);
         st.tp[c] += u64::from(t);
     }
-}
-
-/// `−Σ ln q(i)` for `i < m`, all `q(i)` in `[1e-18, 1]`.
-///
-/// Four f64 product lanes; after every 16 factors per lane the exponent of each product is
-/// moved into an integer (`m ∈ [1, 2)` stays), so no underflow is possible (16 factors ≥
-/// 1e-288) and one `ln` per lane per chunk suffices: `−(E·ln 2 + ln m)`. Each product step
-/// has relative error ≤ 2⁻⁵³, so the result differs from the sum of exact logarithms by at
-/// most ≈ `m · 2⁻⁵³` absolute, i.e. ≈ 1.1e-16 per voxel.
-#[inline(always)]
-fn neg_log_sum(m: usize, q: impl Fn(usize) -> f64) -> f64 {
-    const MANT: u64 = 0x000F_FFFF_FFFF_FFFF;
-    const ONE_EXP: u64 = 1023 << 52;
-    let mut prod = [1.0f64; LANES];
-    let mut ex = [0i64; LANES];
-    let renorm = |prod: &mut [f64; LANES], ex: &mut [i64; LANES]| {
-        for l in 0..LANES {
-            let bits = prod[l].to_bits();
-            ex[l] += ((bits >> 52) & 0x7FF) as i64 - 1023;
-            prod[l] = f64::from_bits((bits & MANT) | ONE_EXP);
-        }
-    };
-    const STEP: usize = 16 * LANES;
-    let full = m / STEP;
-    for blk in 0..full {
-        let base = blk * STEP;
-        for j in 0..16 {
-            for l in 0..LANES {
-                prod[l] *= q(base + j * LANES + l);
-            }
-        }
-        renorm(&mut prod, &mut ex);
-    }
-    for i in full * STEP..m {
-        prod[i % LANES] *= q(i);
-    }
-    renorm(&mut prod, &mut ex);
-    let mut s = 0.0;
-    for l in 0..LANES {
-        s += ex[l] as f64 * std::f64::consts::LN_2 + prod[l].ln();
-    }
-    -s
 }
 
 /// Locates the first invalid voxel of a chunk (only called when there is one).
@@ -832,7 +1041,7 @@ fn first_bad_probability<'p, T: Probability>(
             sum = sum + v;
         }
         let d = (sum - T::ONE).to_f64();
-        if !(d.abs() <= T::from_f64(tol).to_f64()) {
+        if d.is_nan() || d.abs() > T::from_f64(tol).to_f64() {
             return MetricsError::NotNormalised {
                 index: unravel(start + i, spatial),
                 sum: sum.to_f64(),
@@ -967,22 +1176,191 @@ fn pair_block(ctx: &PairCtx<'_>, b: usize) -> Result<State, MetricsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{EdgeConvention, Evaluator, Input, Report};
+    use ndarray::{Array2, Array3};
+    use rand::{Rng, SeedableRng, rngs::StdRng};
 
     #[test]
-    fn neg_log_sum_matches_libm() {
-        for &m in &[1usize, 3, 63, 64, 65, 200, 2048] {
-            let q = |i: usize| 1e-12f64.max(((i * 7919) % 1000) as f64 / 1000.0);
-            let want: f64 = -(0..m).map(|i| q(i).ln()).sum::<f64>();
-            let got = neg_log_sum(m, q);
-            assert!(
-                (got - want).abs() <= 1e-13 * want.abs().max(1.0),
-                "{m}: {got} {want}"
-            );
+    fn renorm_keeps_the_value() {
+        let mut prod = [1e-200, 0.75, 1.0, 3.0, 1e-5, 0.5, 2.0, 1e-300];
+        let want: Vec<f64> = prod.iter().map(|v: &f64| v.ln()).collect();
+        let mut ex = [0i64; W];
+        renorm(&mut prod, &mut ex);
+        for l in 0..W {
+            assert!((1.0..2.0).contains(&prod[l]));
+            let got = ex[l] as f64 * std::f64::consts::LN_2 + prod[l].ln();
+            assert!((got - want[l]).abs() <= 1e-13 * want[l].abs().max(1.0));
         }
-        // Tiny floors: no underflow.
-        let got = neg_log_sum(2048, |_| 1e-18);
-        let want = 2048.0 * -(1e-18f64.ln());
-        assert!((got - want).abs() / want < 1e-14);
-        assert_eq!(neg_log_sum(100, |_| 1.0), 0.0);
+    }
+
+    /// Probabilities with every kind of value the kernels special-case: exact 0 and 1,
+    /// values on and next to bin edges, tiny values, confident and uncertain voxels, runs
+    /// of identical voxels (whole groups in a hot row).
+    fn tricky(k: usize, n: usize, seed: u64) -> (Array2<f32>, Vec<u8>) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let edges = crate::edges::torch_linspace_f32(15);
+        let mut p = Array2::<f32>::zeros((k, n));
+        let mut y = vec![0u8; n];
+        let mut i = 0;
+        while i < n {
+            let run = if rng.random_bool(0.3) {
+                rng.random_range(8..40)
+            } else {
+                1
+            };
+            let kind = rng.random_range(0..6);
+            let top = rng.random_range(0..k);
+            let conf: f32 = match kind {
+                0 => 1.0,
+                1 => 1.0 - 1e-7 * rng.random::<f32>(),
+                2 => {
+                    let e = edges[rng.random_range(1..15)];
+                    let d = rng.random_range(-2i32..=2);
+                    f32::from_bits((e.to_bits() as i32 + d) as u32).max(1.0 / k as f32)
+                }
+                3 => rng.random_range(1.0 / k as f32..1.0),
+                _ => 0.999,
+            };
+            let label = if rng.random_bool(0.8) {
+                top
+            } else {
+                rng.random_range(0..k)
+            };
+            for _ in 0..run.min(n - i) {
+                let rest = (1.0 - conf) / (k - 1) as f32;
+                for c in 0..k {
+                    p[[c, i]] = if c == top {
+                        conf
+                    } else if kind == 0 {
+                        0.0
+                    } else {
+                        rest
+                    };
+                }
+                y[i] = label as u8;
+                i += 1;
+            }
+        }
+        (p, y)
+    }
+
+    fn same(a: &Report, b: &Report) {
+        let f = |r: &Report| {
+            let mut v = vec![
+                r.ece,
+                r.mce,
+                r.rmsce,
+                r.ace,
+                r.accuracy,
+                r.mean_confidence,
+                r.cece,
+                r.brier,
+                r.nll,
+            ];
+            v.extend(&r.class_ece);
+            v.extend(&r.dice);
+            v.extend(
+                r.reliability
+                    .iter()
+                    .flat_map(|b| [b.confidence, b.accuracy, b.count as f64]),
+            );
+            v.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        };
+        assert_eq!(f(a), f(b));
+        assert_eq!((&a.tp, &a.fp, &a.fn_), (&b.tp, &b.fp, &b.fn_));
+    }
+
+    fn run(
+        cfg: &crate::MetricConfig,
+        p: &Array2<f32>,
+        y: &[u8],
+        mask: Option<&[bool]>,
+        portable: bool,
+    ) -> Report {
+        FORCE_PORTABLE.with(|f| f.set(portable));
+        let mut ev = Evaluator::new(cfg.clone()).unwrap();
+        let yv = ndarray::ArrayView1::from(y);
+        let input = Input::new(p.view(), yv).unwrap();
+        let input = match mask {
+            Some(m) => input.with_mask(ndarray::ArrayView1::from(m)).unwrap(),
+            None => input,
+        };
+        ev.update_input(&input).unwrap();
+        FORCE_PORTABLE.with(|f| f.set(false));
+        ev.finish().unwrap()
+    }
+
+    #[test]
+    fn simd_and_portable_loops_agree_bit_for_bit() {
+        if !simd_enabled() {
+            return; // nothing to compare on this CPU
+        }
+        for (k, n, seed) in [(2usize, 4099usize, 1u64), (3, 2048 * 3 + 5, 2), (5, 777, 3)] {
+            let (p, y) = tricky(k, n, seed);
+            let mask: Vec<bool> = (0..n).map(|i| (i / 5) % 3 != 0).collect();
+            for conv in [
+                EdgeConvention::LeftClosed,
+                EdgeConvention::RightClosed,
+                EdgeConvention::Torchmetrics,
+            ] {
+                for bins in [1, 10, 15] {
+                    let base = crate::MetricConfig::default().bins(bins).edges(conv);
+                    let a = run(&base, &p, &y, None, false);
+                    let b = run(&base, &p, &y, None, true);
+                    same(&a, &b);
+                    let fg = base.clone().region(crate::Region::Foreground);
+                    same(
+                        &run(&fg, &p, &y, None, false),
+                        &run(&fg, &p, &y, None, true),
+                    );
+                    let mk = base.clone().region(crate::Region::Mask);
+                    same(
+                        &run(&mk, &p, &y, Some(&mask), false),
+                        &run(&mk, &p, &y, Some(&mask), true),
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn results_do_not_depend_on_threads_or_layout() {
+        // More than one block, so several rayon tasks.
+        let (p, y) = tricky(3, BLOCK * 2 + 1234, 9);
+        let cfg = crate::MetricConfig::default();
+        let a = run(&cfg, &p, &y, None, false);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let b = pool.install(|| run(&cfg, &p, &y, None, false));
+        same(&a, &b);
+        // Channel-last storage, viewed channel-first: the gather path, same numbers.
+        let pt = Array2::from_shape_fn((p.ncols(), p.nrows()), |(i, c)| p[[c, i]]); // (n, k)
+        let view = pt.t(); // (k, n), not standard layout
+        assert!(!view.is_standard_layout());
+        let mut ev = Evaluator::new(cfg).unwrap();
+        ev.update(view, ndarray::ArrayView1::from(&y[..])).unwrap();
+        same(&a, &ev.finish().unwrap());
+        // A 3-D volume split into two slabs along axis 1 (non-contiguous views) and merged.
+        let v = Array3::from_shape_fn((3, 6, 7), |(c, i, j)| p[[c, i * 7 + j]]);
+        let yv = ndarray::Array2::from_shape_fn((6, 7), |(i, j)| y[i * 7 + j]);
+        let mut whole = Evaluator::new(crate::MetricConfig::default()).unwrap();
+        whole.update(v.view(), yv.view()).unwrap();
+        let mut parts = Evaluator::new(crate::MetricConfig::default()).unwrap();
+        for (lo, hi) in [(0, 3), (3, 6)] {
+            parts
+                .update(
+                    v.slice(ndarray::s![.., lo..hi, ..]),
+                    yv.slice(ndarray::s![lo..hi, ..]),
+                )
+                .unwrap();
+        }
+        let (w, q) = (whole.finish().unwrap(), parts.finish().unwrap());
+        assert_eq!(
+            w.reliability.iter().map(|b| b.count).collect::<Vec<_>>(),
+            q.reliability.iter().map(|b| b.count).collect::<Vec<_>>()
+        );
+        assert!((w.ece - q.ece).abs() < 1e-12 && (w.brier - q.brier).abs() < 1e-12);
     }
 }

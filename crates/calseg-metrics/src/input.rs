@@ -37,6 +37,10 @@ pub trait Probability:
     fn to_f64(self) -> f64;
     /// Rounding to nearest (f32) or identity (f64).
     fn from_f64(v: f64) -> Self;
+    /// `Some(s)` when `Self` is `f32` (selects the f32 SIMD kernels).
+    fn as_f32_slice(s: &[Self]) -> Option<&[f32]>;
+    /// `Some(s)` when `Self` is `f32`.
+    fn as_f32_slice_mut(s: &mut [Self]) -> Option<&mut [f32]>;
 }
 
 impl Probability for f32 {
@@ -50,6 +54,14 @@ impl Probability for f32 {
     fn from_f64(v: f64) -> Self {
         v as f32
     }
+    #[inline(always)]
+    fn as_f32_slice(s: &[Self]) -> Option<&[f32]> {
+        Some(s)
+    }
+    #[inline(always)]
+    fn as_f32_slice_mut(s: &mut [Self]) -> Option<&mut [f32]> {
+        Some(s)
+    }
 }
 
 impl Probability for f64 {
@@ -62,6 +74,14 @@ impl Probability for f64 {
     #[inline(always)]
     fn from_f64(v: f64) -> Self {
         v
+    }
+    #[inline(always)]
+    fn as_f32_slice(_: &[Self]) -> Option<&[f32]> {
+        None
+    }
+    #[inline(always)]
+    fn as_f32_slice_mut(_: &mut [Self]) -> Option<&mut [f32]> {
+        None
     }
 }
 

@@ -18,12 +18,14 @@ mod engine;
 pub mod error;
 pub mod evaluator;
 pub mod hd95;
-#[cfg(feature = "plot")]
-pub mod plot;
 pub mod input;
 pub mod overlap;
+#[cfg(feature = "plot")]
+pub mod plot;
 pub mod reliability;
 pub mod scores;
+#[cfg(target_arch = "x86_64")]
+mod simd;
 
 pub use classwise::{ClasswiseCalibration, ClasswiseReport};
 pub use config::{CeceClasses, EmptyDice, InputMode, MetricConfig, Region};
@@ -31,8 +33,8 @@ pub use ece::{Calibration, TopLabelCalibration};
 pub use edges::{BinEdges, EdgeConvention};
 pub use error::MetricsError;
 pub use evaluator::{Evaluator, MacroReport, Report, evaluate, macro_average};
+pub use hd95::{euclidean_distance_transform, hd95_per_class};
 pub use input::{Input, Label, MaskValue, Probability};
 pub use overlap::{Overlap, OverlapReport, dice_from_counts, iou_from_counts, nanmean};
-pub use scores::{ProperScores, Scores};
-pub use hd95::{euclidean_distance_transform, hd95_per_class};
 pub use reliability::ReliabilityBin;
+pub use scores::{ProperScores, Scores};
