@@ -9,7 +9,7 @@ use crate::ops::geom::Geom;
 use crate::ops::kernels;
 use crate::{Result, SegError};
 use candle_core::{DType, Device, Module};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
+use candle_nn::{Optimizer, ParamsAdamW, VarMap};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::Serialize;
@@ -129,14 +129,20 @@ pub fn unet_step(cfg: &StepConfig) -> Result<StepTimings> {
     let t = candle_nn::ops::softmax(&randn(&mut rng, &shape, DType::F32, &dev)?, 1)?;
     let vars = vm.all_vars();
     let params = vars.iter().map(|v| v.elem_count()).sum();
-    let mut opt = AdamW::new(
-        vars,
-        ParamsAdamW {
-            lr: 1e-3,
-            weight_decay: 1e-4,
-            ..Default::default()
-        },
-    )?;
+    let hp = ParamsAdamW {
+        lr: 1e-3,
+        weight_decay: 1e-4,
+        ..Default::default()
+    };
+    // Stock: candle-nn's AdamW; fast: the fused in-place one (same update).
+    let mut opt: Box<dyn FnMut(&candle_core::backprop::GradStore) -> candle_core::Result<()>> =
+        if cfg.stock {
+            let mut o = candle_nn::AdamW::new(vars, hp)?;
+            Box::new(move |g| o.step(g))
+        } else {
+            let mut o = crate::optim::AdamW::new(vars, hp)?;
+            Box::new(move |g| o.step(g))
+        };
     let (mut tf, mut tb, mut ts, mut tt) = (vec![], vec![], vec![], vec![]);
     let mut losses = Vec::new();
     for it in 0..cfg.warmup + cfg.iters {
@@ -151,7 +157,7 @@ pub fn unet_step(cfg: &StepConfig) -> Result<StepTimings> {
         let t1 = Instant::now();
         let grads = loss.backward()?;
         let t2 = Instant::now();
-        opt.step(&grads)?;
+        opt(&grads)?;
         drop(grads);
         let t3 = Instant::now();
         if it >= cfg.warmup {

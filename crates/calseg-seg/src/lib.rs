@@ -8,5 +8,6 @@ pub mod init;
 pub mod loss;
 pub mod net;
 pub mod ops;
+pub mod optim;
 
 pub use error::{Result, SegError};

@@ -23,25 +23,27 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType, bail};
 use rayon::prelude::*;
 
+/// `Σ f(x_i)` in f64 with 8 independent lanes, so the compiler can vectorise the
+/// conversion and the adds (a single f64 accumulator would serialise them).
+#[inline(always)]
+fn lane_sum<T: WithDType>(xs: &[T], f: impl Fn(f64) -> f64) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let mut it = xs.chunks_exact(8);
+    for ch in &mut it {
+        for (a, v) in acc.iter_mut().zip(ch) {
+            *a += f(v.to_f64());
+        }
+    }
+    let tail: f64 = it.remainder().iter().map(|v| f(v.to_f64())).sum();
+    acc.iter().sum::<f64>() + tail
+}
+
 /// Mean and `1/√(var + eps)` of one group, in f64 (two passes for accuracy).
 fn stats<T: WithDType>(block: &[T], eps: f64) -> (f64, f64) {
     let m = block.len().max(1) as f64;
-    let mean = sum_f64(block.iter().map(|v| v.to_f64())) / m;
-    let var = sum_f64(block.iter().map(|v| {
-        let d = v.to_f64() - mean;
-        d * d
-    })) / m;
+    let mean = lane_sum(block, |v| v) / m;
+    let var = lane_sum(block, |v| (v - mean) * (v - mean)) / m;
     (mean, 1.0 / (var + eps).sqrt())
-}
-
-/// Sum with four independent accumulators (lets the compiler vectorise the f64 adds).
-#[inline]
-fn sum_f64(it: impl Iterator<Item = f64>) -> f64 {
-    let mut acc = [0.0f64; 4];
-    for (i, v) in it.enumerate() {
-        acc[i & 3] += v;
-    }
-    (acc[0] + acc[1]) + (acc[2] + acc[3])
 }
 
 /// Shape facts of an `(n, c, …)` input split into `groups`.
@@ -178,50 +180,79 @@ struct GroupNormBwdOp {
     gamma: Vec<f64>,
 }
 
+/// `(Σ g, Σ g·x)` over one channel in f64 lanes, with `g = dy·[y > 0]` under ReLU.
+#[inline(always)]
+fn channel_sums<T: WithDType>(x: &[T], y: &[T], dy: &[T], relu: bool) -> (f64, f64) {
+    let (mut sg, mut sgx) = ([0.0f64; 8], [0.0f64; 8]);
+    let zero = T::from_f64(0.0);
+    let n8 = x.len() / 8 * 8;
+    for i in (0..n8).step_by(8) {
+        for l in 0..8 {
+            let g = if relu && y[i + l] <= zero {
+                zero
+            } else {
+                dy[i + l]
+            };
+            let g = g.to_f64();
+            sg[l] += g;
+            sgx[l] += g * x[i + l].to_f64();
+        }
+    }
+    let (mut a, mut b) = (sg.iter().sum::<f64>(), sgx.iter().sum::<f64>());
+    for i in n8..x.len() {
+        let g = if relu && y[i] <= zero {
+            0.0
+        } else {
+            dy[i].to_f64()
+        };
+        a += g;
+        b += g * x[i].to_f64();
+    }
+    (a, b)
+}
+
 impl GroupNormBwdOp {
+    /// Per (image, group) block: with `Sg_c = Σ g`, `Sgx_c = Σ g·x` per channel,
+    /// `Σ g·x̂ = r·(Sgx_c − μ·Sg_c)`, and `dx = A_c·g + B·x + C` with
+    /// `A_c = r·γ_c`, `B = −r²·mean(h·x̂)`, `C = −r·mean(h) − B·μ` (one FMA pass).
     fn run<T: WithDType>(&self, d: Dims, x: &[T], y: &[T], dy: &[T]) -> Vec<T> {
         let zero = T::from_f64(0.0);
+        let relu = self.fwd.relu;
         let mut out = vec![zero; x.len() + 2 * d.c];
         let blk = d.cg() * d.s;
         let (dx, params) = out.split_at_mut(x.len());
-        // Per (image, group): the group's (dγ, dβ) partial sums, one pair per channel.
+        // Per (image, group): (dγ, dβ) of each of its channels.
         let partials: Vec<Vec<(f64, f64)>> = dx
             .par_chunks_mut(blk)
             .enumerate()
             .map(|(ng, dxb)| {
-                let xb = &x[ng * blk..(ng + 1) * blk];
-                let yb = &y[ng * blk..(ng + 1) * blk];
-                let gb = &dy[ng * blk..(ng + 1) * blk];
+                let r0 = ng * blk;
+                let (xb, yb, gb) = (&x[r0..r0 + blk], &y[r0..r0 + blk], &dy[r0..r0 + blk]);
                 let (mean, r) = stats(xb, self.fwd.eps);
                 let c0 = (ng % d.groups) * d.cg();
-                let masked = |k: usize| -> f64 {
-                    if self.fwd.relu && yb[k] <= zero {
-                        0.0
-                    } else {
-                        gb[k].to_f64()
-                    }
-                };
                 let mut sums = Vec::with_capacity(d.cg());
                 let (mut sh, mut shx) = (0.0, 0.0);
                 for j in 0..d.cg() {
-                    let (mut sg, mut sgx) = (0.0, 0.0);
-                    for k in j * d.s..(j + 1) * d.s {
-                        let g = masked(k);
-                        sg += g;
-                        sgx += g * (xb[k].to_f64() - mean) * r;
-                    }
+                    let rg = j * d.s..(j + 1) * d.s;
+                    let (sg, sgx) = channel_sums(&xb[rg.clone()], &yb[rg.clone()], &gb[rg], relu);
+                    let sgxh = r * (sgx - mean * sg);
                     let gm = self.gamma[c0 + j];
                     sh += gm * sg;
-                    shx += gm * sgx;
-                    sums.push((sgx, sg));
+                    shx += gm * sgxh;
+                    sums.push((sgxh, sg));
                 }
                 let m = blk as f64;
                 let (mh, mhx) = (sh / m, shx / m);
+                let bb = -r * r * mhx;
+                let cc = -r * mh - bb * mean;
+                let (bt, ct) = (T::from_f64(bb), T::from_f64(cc));
                 for j in 0..d.cg() {
-                    let gm = self.gamma[c0 + j];
-                    for k in j * d.s..(j + 1) * d.s {
-                        let xh = (xb[k].to_f64() - mean) * r;
-                        dxb[k] = T::from_f64(r * (gm * masked(k) - mh - xh * mhx));
+                    let at = T::from_f64(r * self.gamma[c0 + j]);
+                    let rg = j * d.s..(j + 1) * d.s;
+                    let (xc, yc, gc) = (&xb[rg.clone()], &yb[rg.clone()], &gb[rg.clone()]);
+                    for (k, o) in dxb[rg].iter_mut().enumerate() {
+                        let g = if relu && yc[k] <= zero { zero } else { gc[k] };
+                        *o = at * g + bt * xc[k] + ct;
                     }
                 }
                 sums
