@@ -98,73 +98,133 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-/// Runs `warmup + iters` training steps and returns the median timings.
-pub fn unet_step(cfg: &StepConfig) -> Result<StepTimings> {
-    if cfg.iters == 0 {
-        return Err(SegError::Config("iters must be at least 1".into()));
-    }
-    let dev = Device::Cpu;
-    let backend = if cfg.stock {
-        Backend::Stock
-    } else {
-        Backend::Fast
-    };
-    let ucfg = UNetConfig {
-        dims: cfg.dims,
-        in_channels: cfg.in_channels,
-        classes: cfg.classes,
-        base: cfg.base,
-        depth: cfg.depth,
-        norm: NormKind::Group(8),
-        pool: PoolKind::Avg,
-        backend,
-    };
-    let vm = VarMap::new();
-    let net = UNet::new(&ucfg, &vm, cfg.seed, DType::F32, &dev)?;
-    let mut rng = StdRng::seed_from_u64(cfg.seed.wrapping_add(1));
-    let mut shape = vec![cfg.batch, cfg.in_channels];
-    shape.extend(std::iter::repeat_n(cfg.size, cfg.dims));
-    let x = randn(&mut rng, &shape, DType::F32, &dev)?;
-    shape[1] = cfg.classes;
-    let t = candle_nn::ops::softmax(&randn(&mut rng, &shape, DType::F32, &dev)?, 1)?;
-    let vars = vm.all_vars();
-    let params = vars.iter().map(|v| v.elem_count()).sum();
-    let hp = ParamsAdamW {
-        lr: 1e-3,
-        weight_decay: 1e-4,
-        ..Default::default()
-    };
-    // Stock: candle-nn's AdamW; fast: the fused in-place one (same update).
-    let mut opt: Box<dyn FnMut(&candle_core::backprop::GradStore) -> candle_core::Result<()>> =
-        if cfg.stock {
+/// An optimiser step as a closure over the gradients.
+type StepFn = Box<dyn FnMut(&candle_core::backprop::GradStore) -> candle_core::Result<()>>;
+
+/// One U-Net training step, set up once and run repeatedly (used by [`unet_step`] and
+/// the criterion bench).
+pub struct Stepper {
+    net: UNet,
+    x: candle_core::Tensor,
+    t: candle_core::Tensor,
+    stock: bool,
+    opt: StepFn,
+    params: usize,
+}
+
+/// Seconds of the phases of one [`Stepper::step`], and its loss.
+#[derive(Clone, Copy, Debug)]
+pub struct Phases {
+    /// Forward + loss.
+    pub fwd_s: f64,
+    /// Backward.
+    pub bwd_s: f64,
+    /// Optimiser.
+    pub step_s: f64,
+    /// Loss before the update.
+    pub loss: f64,
+}
+
+impl Stepper {
+    /// Builds the net (seed `cfg.seed`), a N(0, 1) input and softmax-of-N(0, 1) targets
+    /// (seed `cfg.seed + 1`), and AdamW (lr 1e-3, weight decay 1e-4): candle-nn's with
+    /// `stock`, the fused [`crate::optim::AdamW`] otherwise (same update).
+    pub fn new(cfg: &StepConfig) -> Result<Self> {
+        let dev = Device::Cpu;
+        let backend = if cfg.stock {
+            Backend::Stock
+        } else {
+            Backend::Fast
+        };
+        let ucfg = UNetConfig {
+            dims: cfg.dims,
+            in_channels: cfg.in_channels,
+            classes: cfg.classes,
+            base: cfg.base,
+            depth: cfg.depth,
+            norm: NormKind::Group(8),
+            pool: PoolKind::Avg,
+            backend,
+        };
+        let vm = VarMap::new();
+        let net = UNet::new(&ucfg, &vm, cfg.seed, DType::F32, &dev)?;
+        let mut rng = StdRng::seed_from_u64(cfg.seed.wrapping_add(1));
+        let mut shape = vec![cfg.batch, cfg.in_channels];
+        shape.extend(std::iter::repeat_n(cfg.size, cfg.dims));
+        let x = randn(&mut rng, &shape, DType::F32, &dev)?;
+        shape[1] = cfg.classes;
+        let t = candle_nn::ops::softmax(&randn(&mut rng, &shape, DType::F32, &dev)?, 1)?;
+        let vars = vm.all_vars();
+        let params = vars.iter().map(|v| v.elem_count()).sum();
+        let hp = ParamsAdamW {
+            lr: 1e-3,
+            weight_decay: 1e-4,
+            ..Default::default()
+        };
+        let opt: StepFn = if cfg.stock {
             let mut o = candle_nn::AdamW::new(vars, hp)?;
             Box::new(move |g| o.step(g))
         } else {
             let mut o = crate::optim::AdamW::new(vars, hp)?;
             Box::new(move |g| o.step(g))
         };
-    let (mut tf, mut tb, mut ts, mut tt) = (vec![], vec![], vec![], vec![]);
-    let mut losses = Vec::new();
-    for it in 0..cfg.warmup + cfg.iters {
+        Ok(Self {
+            net,
+            x,
+            t,
+            stock: cfg.stock,
+            opt,
+            params,
+        })
+    }
+
+    /// Number of trainable parameters.
+    pub fn params(&self) -> usize {
+        self.params
+    }
+
+    /// Forward + soft-target CE, backward, optimiser step.
+    pub fn step(&mut self) -> Result<Phases> {
         let t0 = Instant::now();
-        let logits = net.forward(&x)?;
-        let loss = if cfg.stock {
-            soft_ce_stock(&logits, &t)?
+        let logits = self.net.forward(&self.x)?;
+        let loss = if self.stock {
+            soft_ce_stock(&logits, &self.t)?
         } else {
-            soft_ce(&logits, &t)?
+            soft_ce(&logits, &self.t)?
         };
-        losses.push(loss.to_dtype(DType::F64)?.to_scalar::<f64>()?);
+        let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         let t1 = Instant::now();
         let grads = loss.backward()?;
         let t2 = Instant::now();
-        opt(&grads)?;
+        (self.opt)(&grads)?;
         drop(grads);
         let t3 = Instant::now();
+        Ok(Phases {
+            fwd_s: (t1 - t0).as_secs_f64(),
+            bwd_s: (t2 - t1).as_secs_f64(),
+            step_s: (t3 - t2).as_secs_f64(),
+            loss: lv,
+        })
+    }
+}
+
+/// Runs `warmup + iters` training steps and returns the median timings.
+pub fn unet_step(cfg: &StepConfig) -> Result<StepTimings> {
+    if cfg.iters == 0 {
+        return Err(SegError::Config("iters must be at least 1".into()));
+    }
+    let mut st = Stepper::new(cfg)?;
+    let params = st.params();
+    let (mut tf, mut tb, mut ts, mut tt) = (vec![], vec![], vec![], vec![]);
+    let mut losses = Vec::new();
+    for it in 0..cfg.warmup + cfg.iters {
+        let p = st.step()?;
+        losses.push(p.loss);
         if it >= cfg.warmup {
-            tf.push((t1 - t0).as_secs_f64());
-            tb.push((t2 - t1).as_secs_f64());
-            ts.push((t3 - t2).as_secs_f64());
-            tt.push((t3 - t0).as_secs_f64());
+            tf.push(p.fwd_s);
+            tb.push(p.bwd_s);
+            ts.push(p.step_s);
+            tt.push(p.fwd_s + p.bwd_s + p.step_s);
         }
     }
     Ok(StepTimings {

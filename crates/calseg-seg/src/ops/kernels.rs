@@ -28,6 +28,13 @@ unsafe impl<T> Send for SendPtr<T> {}
 // SAFETY: as above.
 unsafe impl<T> Sync for SendPtr<T> {}
 
+impl<T> SendPtr<T> {
+    /// The pointer (a method, so closures capture the whole `Send` wrapper).
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
 /// Strided matrix view for [`gemm_acc`]: `ptr[r·rs + c·cs]`.
 #[derive(Clone, Copy)]
 struct Mat<T> {
@@ -108,7 +115,6 @@ pub(crate) fn conv_fwd<T: WithDType>(g: &Geom, x: &[T], w: &[T], b: Option<&[T]>
             }
         },
         |col, &(n, p0, len)| {
-            let yp = yp;
             let xn = &x[n * g.ci * ivol..(n + 1) * g.ci * ivol];
             let rhs = if pointwise {
                 Mat {
@@ -127,7 +133,7 @@ pub(crate) fn conv_fwd<T: WithDType>(g: &Geom, x: &[T], w: &[T], b: Option<&[T]>
             // SAFETY: the tile (n, all co, p0..p0+len) of y is written by this task only;
             // all views are in bounds by construction of the tile.
             unsafe {
-                let dst = yp.0.add(n * g.co * p_all + p0);
+                let dst = yp.get().add(n * g.co * p_all + p0);
                 if let Some(b) = b {
                     for (o, bo) in b.iter().enumerate().take(g.co) {
                         std::slice::from_raw_parts_mut(dst.add(o * p_all), len).fill(*bo);
@@ -174,7 +180,6 @@ pub(crate) fn conv_grad_input<T: WithDType>(g: &Geom, dy: &[T], w: &[T], dx: &mu
     tasks
         .par_iter()
         .for_each_init(Vec::new, |col: &mut Vec<T>, &(n, c0, cn)| {
-            let dxp = dxp;
             let rows = cn * kvol;
             let pt = g.tile_cols(rows, TILE_BUDGET);
             let dyn_ = &dy[n * g.co * p_all..(n + 1) * g.co * p_all];
@@ -185,8 +190,9 @@ pub(crate) fn conv_grad_input<T: WithDType>(g: &Geom, dy: &[T], w: &[T], dx: &mu
                 cs: kdim as isize,
             };
             // SAFETY: this task owns dx[n, c0..c0+cn, :].
-            let dxn =
-                unsafe { std::slice::from_raw_parts_mut(dxp.0.add(n * g.ci * ivol), g.ci * ivol) };
+            let dxn = unsafe {
+                std::slice::from_raw_parts_mut(dxp.get().add(n * g.ci * ivol), g.ci * ivol)
+            };
             if pointwise {
                 // dx rows are the GEMM output directly (P = ivol).
                 let rhs = Mat {
