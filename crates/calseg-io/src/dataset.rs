@@ -348,8 +348,12 @@ impl Dataset {
         Self::from_store(Store::Dir(root.as_ref().to_path_buf()))
     }
 
-    /// A dataset whose files are compiled into the program (see [`crate::icbm152`]).
-    pub(crate) fn embedded(
+    /// A dataset whose files are held in memory for the life of the program, e.g.
+    /// compiled in with `include_bytes!` (this is how [`crate::icbm152`] works): `files`
+    /// maps paths relative to the dataset root (`"dataset.json"`,
+    /// `"imagesTr/X_0000.nii.gz"`, …) to their bytes. `name` appears in error messages as
+    /// `<embedded>/NAME/…`.
+    pub fn from_static(
         name: &'static str,
         files: &'static [(&'static str, &'static [u8])],
     ) -> Result<Dataset> {

@@ -72,7 +72,7 @@ fn file(rel: &str) -> (&'static [u8], PathBuf) {
 /// The template as a [`Dataset`] with one training case, `"icbm152"` (T1 image,
 /// hard labels, soft labels from `softlabelsTr/`).
 pub fn open() -> Result<Dataset> {
-    Dataset::embedded(NAME, FILES)
+    Dataset::from_static(NAME, FILES)
 }
 
 fn single(rel: &str) -> Result<Image> {

@@ -439,3 +439,35 @@ fn preprocessing_on_the_template() {
     assert_eq!(p.soft_label.unwrap().shape(), &[4, 32, 32, 32]);
     assert!(p.label.unwrap().iter().any(|&l| l > 0));
 }
+
+#[test]
+fn in_memory_dataset_names_embedded_paths() {
+    let root = scratch("static");
+    make_dataset(&root);
+    // The same dataset held in memory, minus one channel of case_b.
+    let mut files: Vec<(&'static str, &'static [u8])> = Vec::new();
+    for rel in [
+        "dataset.json",
+        "imagesTr/case_a_0000.nii.gz",
+        "imagesTr/case_a_0001.nii.gz",
+        "imagesTr/case_b_0000.nii.gz",
+        "labelsTr/case_a.nii.gz",
+        "labelsTr/case_b.nii.gz",
+    ] {
+        let bytes: &'static [u8] = Box::leak(fs::read(root.join(rel)).unwrap().into_boxed_slice());
+        files.push((rel, bytes));
+    }
+    let ds = Dataset::from_static("toy", Box::leak(files.into_boxed_slice())).unwrap();
+    assert_eq!(ds.training_cases().len(), 2);
+    assert!(ds.test_cases().is_empty());
+    let a = ds.load("case_a").unwrap();
+    assert_eq!(a.image.shape(), &[2, 10, 12, 8]);
+    assert!(a.soft_label.is_none());
+    let e = ds.load("case_b").unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("<embedded>/toy/imagesTr/case_b_0001.nii.gz") && msg.contains("is missing"),
+        "{msg}"
+    );
+    fs::remove_dir_all(root).unwrap();
+}
