@@ -102,10 +102,10 @@ struct RawPair {
     label: Option<String>,
 }
 
-fn parse_dataset_json(
-    bytes: &[u8],
-    path: &Path,
-) -> Result<(DatasetInfo, Option<Vec<RawPair>>, Option<Vec<String>>)> {
+/// `dataset.json` parsed: the info, the MSD v1 `training` pairs and `test` files if listed.
+type ParsedJson = (DatasetInfo, Option<Vec<RawPair>>, Option<Vec<String>>);
+
+fn parse_dataset_json(bytes: &[u8], path: &Path) -> Result<ParsedJson> {
     let err = |reason: String| IoError::DatasetJson {
         path: path.to_path_buf(),
         reason,

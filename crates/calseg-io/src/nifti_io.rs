@@ -587,12 +587,9 @@ fn output_header(
                     [h.quatern_x, h.quatern_y, h.quatern_z] = shift.map(|v| v as f32);
                     h.pixdim[0] = qfac as f32;
                     // The qform takes its voxel sizes from pixdim: keep them consistent.
-                    for j in 0..3 {
-                        let n = (0..3)
-                            .map(|i| affine[i][j] * affine[i][j])
-                            .sum::<f64>()
-                            .sqrt();
-                        h.pixdim[j + 1] = n as f32;
+                    for (j, p) in h.pixdim[1..4].iter_mut().enumerate() {
+                        let n: f64 = affine.iter().take(3).map(|row| row[j] * row[j]).sum();
+                        *p = n.sqrt() as f32;
                     }
                 }
                 None => h.qform_code = 0,

@@ -2,7 +2,6 @@
 //! and the embedded ICBM152 template.
 
 use calseg_io::phantom::{PhantomConfig, generate};
-use calseg_io::preprocess::{PatchSampler, crop_to_nonzero, slices, zscore_nonzero};
 use calseg_io::{
     Dataset, Geometry, IoError, Split, write_nifti, write_nifti_labels, write_nifti_probs,
 };
@@ -411,6 +410,7 @@ fn embedded_icbm152_is_a_consistent_dataset() {
 #[cfg(feature = "embedded-data")]
 #[test]
 fn preprocessing_on_the_template() {
+    use calseg_io::preprocess::{PatchSampler, crop_to_nonzero, slices, zscore_nonzero};
     let ds = calseg_io::icbm152::open().unwrap();
     let case = ds.load("icbm152").unwrap();
     let (mut cropped, bbox) = crop_to_nonzero(&case);

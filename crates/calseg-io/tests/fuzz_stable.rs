@@ -105,7 +105,7 @@ const INTERESTING_F32: [f32; 14] = [
     f32::MIN_POSITIVE,
 ];
 
-fn put(b: &mut Vec<u8>, at: usize, bytes: &[u8]) {
+fn put(b: &mut [u8], at: usize, bytes: &[u8]) {
     if b.len() >= at + bytes.len() {
         b[at..at + bytes.len()].copy_from_slice(bytes);
     }
