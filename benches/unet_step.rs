@@ -9,11 +9,27 @@ use std::time::Duration;
 
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("unet_step");
-    g.sample_size(10).warm_up_time(Duration::from_secs(2)).measurement_time(Duration::from_secs(10));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(2))
+        .measurement_time(Duration::from_secs(10));
     let cases = [
         ("2d_fast", StepConfig::default()),
-        ("3d_fast", StepConfig { dims: 3, batch: 2, size: 64, ..StepConfig::default() }),
-        ("2d_stock", StepConfig { stock: true, ..StepConfig::default() }),
+        (
+            "3d_fast",
+            StepConfig {
+                dims: 3,
+                batch: 2,
+                size: 64,
+                ..StepConfig::default()
+            },
+        ),
+        (
+            "2d_stock",
+            StepConfig {
+                stock: true,
+                ..StepConfig::default()
+            },
+        ),
     ];
     for (name, cfg) in cases {
         let mut st = match Stepper::new(&cfg) {

@@ -3,18 +3,38 @@
 use std::process::Command;
 
 fn calseg(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_calseg")).args(args).output().expect("run calseg")
+    Command::new(env!("CARGO_BIN_EXE_calseg"))
+        .args(args)
+        .output()
+        .expect("run calseg")
 }
 
 #[test]
 fn unet_step_json_has_the_contract_keys() {
-    let tiny = ["bench", "unet-step", "--dims", "2", "--base", "2", "--depth", "1", "--batch", "1", "--size", "8"];
+    let tiny = [
+        "bench",
+        "unet-step",
+        "--dims",
+        "2",
+        "--base",
+        "2",
+        "--depth",
+        "1",
+        "--batch",
+        "1",
+        "--size",
+        "8",
+    ];
     for extra in [&["--json"][..], &["--json", "--stock"][..]] {
         let mut args = tiny.to_vec();
         args.extend_from_slice(&["--in-channels", "1", "--classes", "3", "--iters", "2"]);
         args.extend_from_slice(extra);
         let out = calseg(&args);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON output");
         for key in ["fwd_s", "bwd_s", "step_s", "total_s"] {
             let s = v[key].as_f64().unwrap_or_else(|| panic!("missing {key}"));
@@ -36,6 +56,11 @@ fn unet_step_rejects_bad_options_with_status_2() {
         &["bench", "unet-step", "--batch", "0"][..],
     ] {
         let out = calseg(args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
