@@ -407,8 +407,12 @@ impl<T: EdgeFloat> SlotTable<T> {
         // (clamped below) and anything below it is in the last bin.
         // `&`/`|` on bools, not `&&`/`||`: no branches.
         let need = ((g > 0) & (fr < self.delta) & (x != T::ONE_))
-            | ((fr > self.one_minus_delta) & (g + 1 < self.n as i32));
-        let slot = ((g as u32) + 1).min(self.max_slot as u32);
+            | ((fr > self.one_minus_delta) & (g < self.n as i32 - 1));
+        // (`max(0)`/saturating: garbage in — a NaN or negative value that validation is
+        // about to reject — must not overflow.)
+        let slot = (g.max(0) as u32)
+            .saturating_add(1)
+            .min(self.max_slot as u32);
         let slot = if x == T::ZERO_ { self.slot0 } else { slot };
         (slot, need)
     }

@@ -407,6 +407,8 @@ pub(crate) struct LaneHist<T> {
     pub(crate) hot_b: u32,
     /// Row of voxels outside the region.
     pub(crate) out: u32,
+    /// Which hot row the last all-hot group of the SIMD kernel fell in (a hint only).
+    pub(crate) last_b: bool,
 }
 
 impl<T: Probability> LaneHist<T> {
@@ -422,6 +424,7 @@ impl<T: Probability> LaneHist<T> {
             len: 0,
             hot_b: 2 * (slots as u32).saturating_sub(2) + 1,
             out: 2 * slots as u32,
+            last_b: false,
         }
     }
 

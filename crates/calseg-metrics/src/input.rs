@@ -188,7 +188,7 @@ pub(crate) fn gather_map<A: Copy, B>(
 }
 
 /// A label map read chunk by chunk as class indices.
-pub(crate) trait ClassSource: Sync {
+pub(crate) trait ClassSource: Send + Sync {
     /// Class indices (`u32::MAX` for negative/huge values) of voxels `start..start+out.len()`.
     fn fill(&self, start: usize, out: &mut [u32]);
     /// The raw value of flat voxel `voxel`, for error messages.
@@ -196,7 +196,7 @@ pub(crate) trait ClassSource: Sync {
 }
 
 /// A mask read chunk by chunk as 0/1.
-pub(crate) trait MaskSource: Sync {
+pub(crate) trait MaskSource: Send + Sync {
     /// `1` inside, `0` outside, for voxels `start..start+out.len()`.
     fn fill(&self, start: usize, out: &mut [u32]);
 }

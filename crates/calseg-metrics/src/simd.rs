@@ -81,49 +81,61 @@ unsafe fn hist8<T: Probability, const MASKED: bool>(
     unsafe {
         // Fast paths: all eight voxels in the same hot row (in a real volume most groups
         // are). Same sums as the general path, which would only add +0.0 to the other row.
+        // The row that matched last time is tested first (top-label and background
+        // histograms mostly hit the last bin, the others bin 0).
         let inside = _mm256_castsi256_ps(insm);
         let hitp = _mm256_castsi256_ps(hitm);
-        let in_a = _mm256_andnot_ps(
-            hitp,
-            _mm256_and_ps(
+        let all_a = || {
+            let in_a = _mm256_andnot_ps(
+                hitp,
                 _mm256_and_ps(
-                    _mm256_cmp_ps::<_CMP_GE_OQ>(x, tv.a_lo),
-                    _mm256_cmp_ps::<_CMP_LT_OQ>(x, tv.a_hi),
+                    _mm256_and_ps(
+                        _mm256_cmp_ps::<_CMP_GE_OQ>(x, tv.a_lo),
+                        _mm256_cmp_ps::<_CMP_LT_OQ>(x, tv.a_hi),
+                    ),
+                    inside,
                 ),
-                inside,
-            ),
-        );
-        if _mm256_movemask_ps(in_a) == 0xFF {
+            );
+            _mm256_movemask_ps(in_a) == 0xFF
+        };
+        let all_b = || {
+            let in_b = _mm256_and_ps(
+                hitp,
+                _mm256_and_ps(
+                    _mm256_and_ps(
+                        _mm256_cmp_ps::<_CMP_GE_OQ>(x, tv.b_lo),
+                        _mm256_cmp_ps::<_CMP_LE_OQ>(x, tv.b_hi),
+                    ),
+                    inside,
+                ),
+            );
+            _mm256_movemask_ps(in_b) == 0xFF
+        };
+        let hot = if lh.last_b {
+            if all_b() {
+                Some(1)
+            } else if all_a() {
+                Some(0)
+            } else {
+                None
+            }
+        } else if all_a() {
+            Some(0)
+        } else if all_b() {
+            Some(1)
+        } else {
+            None
+        };
+        if let Some(half) = hot {
+            lh.last_b = half == 1;
             let (lo, hi) = widen(x);
-            let h = lh.hot.as_mut_ptr();
+            let h = lh.hot.as_mut_ptr().add(8 * half);
             _mm256_storeu_pd(h, _mm256_add_pd(_mm256_loadu_pd(h), lo));
             _mm256_storeu_pd(h.add(4), _mm256_add_pd(_mm256_loadu_pd(h.add(4)), hi));
-            let hc = lh.hot_cnt.as_mut_ptr() as *mut __m256i;
+            let hc = (lh.hot_cnt.as_mut_ptr() as *mut __m256i).add(half);
             _mm256_storeu_si256(
                 hc,
                 _mm256_add_epi32(_mm256_loadu_si256(hc), _mm256_set1_epi32(1)),
-            );
-            return;
-        }
-        let in_b = _mm256_and_ps(
-            hitp,
-            _mm256_and_ps(
-                _mm256_and_ps(
-                    _mm256_cmp_ps::<_CMP_GE_OQ>(x, tv.b_lo),
-                    _mm256_cmp_ps::<_CMP_LE_OQ>(x, tv.b_hi),
-                ),
-                inside,
-            ),
-        );
-        if _mm256_movemask_ps(in_b) == 0xFF {
-            let (lo, hi) = widen(x);
-            let h = lh.hot.as_mut_ptr();
-            _mm256_storeu_pd(h.add(8), _mm256_add_pd(_mm256_loadu_pd(h.add(8)), lo));
-            _mm256_storeu_pd(h.add(12), _mm256_add_pd(_mm256_loadu_pd(h.add(12)), hi));
-            let hc = lh.hot_cnt.as_mut_ptr() as *mut __m256i;
-            _mm256_storeu_si256(
-                hc.add(1),
-                _mm256_add_epi32(_mm256_loadu_si256(hc.add(1)), _mm256_set1_epi32(1)),
             );
             return;
         }
@@ -220,6 +232,7 @@ impl<'a, 'b, 's, 't, T: Probability> Kernel<'a, 'b, 's, 't, T> {
     /// # Safety
     /// The CPU must support AVX2 and popcnt. (Every slice length is checked here.)
     #[target_feature(enable = "avx2,popcnt")]
+    #[allow(clippy::needless_range_loop)] // `c` is the class index, not only an index
     pub(crate) unsafe fn run<
         'p,
         const SC: bool,
@@ -237,6 +250,8 @@ impl<'a, 'b, 's, 't, T: Probability> Kernel<'a, 'b, 's, 't, T> {
         assert!(fz.cls.len() >= m8 && out.pred.len() >= m8);
         assert!(!MASKED || fz.ins.len() >= m8);
         assert!((0..k).all(|c| chan(c).len() >= m8));
+        // Channel base pointers once per chunk (the closure re-slices on every call).
+        let ptrs: Vec<*const f32> = (0..k).map(|c| chan(c).as_ptr()).collect();
         let cap_ok =
             |h: &LaneHist<T>| h.len == 0 && h.list_row.len() >= m8 + W && h.list_x.len() >= m8 + W;
         assert!(!TOP || cap_ok(out.top));
@@ -276,7 +291,7 @@ impl<'a, 'b, 's, 't, T: Probability> Kernel<'a, 'b, 's, 't, T> {
                 } else {
                     all
                 };
-                let p0 = _mm256_loadu_ps(chan(0).as_ptr().add(i0));
+                let p0 = _mm256_loadu_ps(ptrs[0].add(i0));
                 let mut cf = p0;
                 let mut pr = _mm256_setzero_si256();
                 let mut s = p0;
@@ -295,7 +310,7 @@ impl<'a, 'b, 's, 't, T: Probability> Kernel<'a, 'b, 's, 't, T> {
                 }
                 for c in 1..k {
                     let cv = _mm256_set1_epi32(c as i32);
-                    let p = _mm256_loadu_ps(chan(c).as_ptr().add(i0));
+                    let p = _mm256_loadu_ps(ptrs[c].add(i0));
                     let gt = _mm256_cmp_ps::<_CMP_GT_OQ>(p, cf);
                     cf = _mm256_blendv_ps(cf, p, gt);
                     pr = _mm256_castps_si256(_mm256_blendv_ps(
