@@ -127,10 +127,14 @@ impl CustomOp2 for SoftCe {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let scale = grad.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
         let dl = l.apply_op2_no_bwd(t, &SoftCeGrad { scale })?;
-        // Gradient w.r.t. the targets: −log softmax(l) · scale / V.
-        let v = (l.elem_count() / l.dim(1)?.max(1)).max(1) as f64;
-        let dt = (candle_nn::ops::log_softmax(l, 1)? * (-scale / v))?;
-        Ok((Some(dl), Some(dt)))
+        // Gradient w.r.t. the targets, only if they need one: −log softmax(l) · scale / V.
+        let dt = if t.track_op() {
+            let v = (l.elem_count() / l.dim(1)?.max(1)).max(1) as f64;
+            Some((candle_nn::ops::log_softmax(l, 1)? * (-scale / v))?)
+        } else {
+            None
+        };
+        Ok((Some(dl), dt))
     }
 }
 

@@ -148,15 +148,18 @@ impl ConvOp {
         })
     }
 
-    fn backward(&self, x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    /// `(dx, dw)`; `dx` is skipped (None) when `x` needs no gradient (e.g. the input image).
+    fn backward(&self, x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Tensor)> {
         let dy = dy.contiguous()?;
-        let dx = dy.apply_op2_no_bwd(
-            w,
-            &GradInputOp {
-                conf: self.0,
-                in_dims: x.dims().to_vec(),
-            },
-        )?;
+        let op = GradInputOp {
+            conf: self.0,
+            in_dims: x.dims().to_vec(),
+        };
+        let dx = if x.track_op() {
+            Some(dy.apply_op2_no_bwd(w, &op)?)
+        } else {
+            None
+        };
         let k = spatial(w.dims())?;
         let dw = x.apply_op2_no_bwd(&dy, &GradWeightOp { conf: self.0, k })?;
         Ok((dx, dw))
@@ -184,7 +187,7 @@ impl CustomOp2 for ConvOp {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (dx, dw) = self.backward(x, w, dy)?;
-        Ok((Some(dx), Some(dw)))
+        Ok((dx, Some(dw)))
     }
 }
 
@@ -214,7 +217,7 @@ impl CustomOp3 for ConvOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (dx, dw) = self.backward(x, w, dy)?;
         let db = dy.contiguous()?.apply_op1_no_bwd(&BiasGradOp)?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        Ok((dx, Some(dw), Some(db)))
     }
 }
 
@@ -400,9 +403,14 @@ impl ConvTransposeOp {
         })
     }
 
-    fn backward(&self, x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    /// `(dx, dw)`; `dx` is skipped (None) when `x` needs no gradient.
+    fn backward(&self, x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Tensor)> {
         let dy = dy.contiguous()?;
-        let dx = dy.apply_op2_no_bwd(w, &ConvOp(self.0))?;
+        let dx = if x.track_op() {
+            Some(dy.apply_op2_no_bwd(w, &ConvOp(self.0))?)
+        } else {
+            None
+        };
         let k = spatial(w.dims())?;
         let dw = dy.apply_op2_no_bwd(x, &GradWeightOp { conf: self.0, k })?;
         Ok((dx, dw))
@@ -430,7 +438,7 @@ impl CustomOp2 for ConvTransposeOp {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (dx, dw) = self.backward(x, w, dy)?;
-        Ok((Some(dx), Some(dw)))
+        Ok((dx, Some(dw)))
     }
 }
 
@@ -460,6 +468,6 @@ impl CustomOp3 for ConvTransposeOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (dx, dw) = self.backward(x, w, dy)?;
         let db = dy.contiguous()?.apply_op1_no_bwd(&BiasGradOp)?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        Ok((dx, Some(dw), Some(db)))
     }
 }

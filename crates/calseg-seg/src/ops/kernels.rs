@@ -166,6 +166,12 @@ pub(crate) fn conv_fwd<T: WithDType>(g: &Geom, x: &[T], w: &[T], b: Option<&[T]>
 /// Tasks are (image, input-channel chunk): a chunk owns its rows of `Wᵀ · dy` and hence a
 /// disjoint slice of `dx`, so col2im needs no synchronisation.
 pub(crate) fn conv_grad_input<T: WithDType>(g: &Geom, dy: &[T], w: &[T], dx: &mut [T]) {
+    if let Some((gf, wf)) = flipped(g, w) {
+        // Stride 1: dx = dy ⊛ flip(w)ᵀ with padding k − 1 − p, a forward convolution
+        // (GEMM reduction over co·kvol instead of co, and no scatter-add).
+        conv_fwd(&gf, dy, &wf, None, dx);
+        return;
+    }
     let (kdim, kvol, p_all, ivol) = (g.kdim(), g.kvol(), g.ovol(), g.ivol());
     dx.fill(T::from_f64(0.0));
     let threads = rayon::current_num_threads().max(1);
@@ -242,6 +248,34 @@ pub(crate) fn conv_grad_input<T: WithDType>(g: &Geom, dy: &[T], w: &[T], dx: &mu
                 col2im_add(g, &col[..rows * len], c0, c0 + cn, p0, len, dxn);
             }
         });
+}
+
+/// For a stride-1 convolution with `p < k` (and a kernel larger than 1), the geometry
+/// and weight of the forward convolution that computes its input gradient:
+/// `w'[c, o, a, b, e] = w[o, c, kd−1−a, kh−1−b, kw−1−e]`, padding `k − 1 − p`.
+fn flipped<T: WithDType>(g: &Geom, w: &[T]) -> Option<(Geom, Vec<T>)> {
+    if g.s != [1, 1, 1] || g.is_pointwise() || (0..3).any(|a| g.p[a] >= g.k[a]) {
+        return None;
+    }
+    let p = [
+        g.k[0] - 1 - g.p[0],
+        g.k[1] - 1 - g.p[1],
+        g.k[2] - 1 - g.p[2],
+    ];
+    let gf = Geom::new(g.n, g.co, g.ci, g.o, g.k, [1, 1, 1], p).filter(|gf| gf.o == g.i)?;
+    let kv = g.kvol();
+    let mut wf = vec![T::from_f64(0.0); w.len()];
+    for o in 0..g.co {
+        for c in 0..g.ci {
+            let src = &w[(o * g.ci + c) * kv..(o * g.ci + c + 1) * kv];
+            let dst = &mut wf[(c * g.co + o) * kv..(c * g.co + o + 1) * kv];
+            // Reversing the flat (a, b, e) index reverses all three axes at once.
+            for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
+                *d = *s;
+            }
+        }
+    }
+    Some((gf, wf))
 }
 
 /// Weight gradient: `dw (co, ci, k) = Σ_n dy[n] · X_col[n]ᵀ`. `dw` is overwritten.
