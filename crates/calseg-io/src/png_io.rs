@@ -33,6 +33,18 @@ pub fn png_from_bytes(bytes: &[u8], path: &Path) -> Result<TypedArray> {
     let size = reader
         .output_buffer_size()
         .ok_or_else(|| err("image too large".into()))?;
+    // Deflate expands at most ~1032×: a header claiming more pixels than the compressed
+    // data could ever hold is corrupt, and must not make us allocate gigabytes.
+    let possible = bytes.len().saturating_mul(1100).saturating_add(1 << 16);
+    if size > possible {
+        let info = reader.info();
+        return Err(err(format!(
+            "the header claims {}×{} pixels ({size} bytes), more than the {} bytes of the file can hold",
+            info.width,
+            info.height,
+            bytes.len()
+        )));
+    }
     let mut buf = vec![0u8; size];
     let info = reader
         .next_frame(&mut buf)

@@ -289,6 +289,15 @@ fn other_formats_damaged() {
     let png = std::fs::read(d.join("ok.png")).unwrap();
     let e = read_err(&d, "cut.png", &png[..png.len() / 2]);
     assert!(matches!(e, IoError::Png { .. }), "{e}");
+    // Found by cargo fuzz: a 131-byte PNG whose header claims 524292×62978 pixels made the
+    // reader allocate 33 GB.
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz_png_huge_dims.png");
+    let e = read_err(&d, "huge.png", &std::fs::read(fixture).unwrap());
+    assert!(
+        matches!(e, IoError::Png { .. }) && e.to_string().contains("524292×62978"),
+        "{e}"
+    );
     let e = read_err(&d, "junk.png", b"\x89PNG\r\n\x1a\nnonsense");
     assert!(matches!(e, IoError::Png { .. }), "{e}");
     assert!(read_png(d.join("junk.png")).is_err());
