@@ -408,7 +408,8 @@ pub struct LabelMap {
 /// Any integer type is accepted, and floats whose values are integers (after
 /// `scl_slope`/`scl_inter`). NaN/Inf, fractional, negative and > `u32::MAX` values are
 /// errors ([`IoError::BadLabel`]) naming the file, the value and its index.
-/// Spacing: from NIfTI `pixdim`, else 1.0 per axis.
+/// Spacing: from NIfTI `pixdim`, else 1.0 per axis. A NIfTI label map stored with
+/// trailing singleton axes (`(x, y, z, 1)`) is returned as `(x, y, z)`.
 pub fn read_labels(path: impl AsRef<Path>) -> Result<LabelMap> {
     let path = path.as_ref();
     let format = Format::from_path(path)?;
@@ -420,7 +421,17 @@ pub fn read_labels(path: impl AsRef<Path>) -> Result<LabelMap> {
 pub fn labels_from_bytes(bytes: &[u8], path: &Path, format: Format) -> Result<LabelMap> {
     let mut images = images_from_bytes(bytes, path, format)?;
     let image = pick_tensor(&mut images, "labels", path)?;
-    image_to_labels(image, path)
+    let nifti = matches!(image.format, Format::Nifti | Format::NiftiGz);
+    let mut map = image_to_labels(image, path)?;
+    if nifti {
+        // (x, y, z, 1[, 1…]) → (x, y, z): some tools write label maps with a singleton
+        // time axis.
+        while map.labels.ndim() > 3 && map.labels.shape().last() == Some(&1) {
+            let last = map.labels.ndim() - 1;
+            map.labels = map.labels.index_axis_move(ndarray::Axis(last), 0);
+        }
+    }
+    Ok(map)
 }
 
 /// Converts an image to class indices, checking every value.

@@ -260,6 +260,19 @@ fn written_overlays_keep_the_source_header() {
     let back = read_probs(dir.join("probs.nii")).unwrap();
     assert_eq!(back.probs.into_f32(), probs);
 
+    // A label map saved as (x, y, z, 1) reads as (x, y, z).
+    write_nifti(
+        dir.join("t1.nii"),
+        &labels.clone().insert_axis(ndarray::Axis(3)),
+        &src.geometry,
+    )
+    .unwrap();
+    assert_eq!(
+        read_nifti(dir.join("t1.nii")).unwrap().shape(),
+        &[3, 4, 5, 1]
+    );
+    assert_eq!(read_labels(dir.join("t1.nii")).unwrap().labels, labels);
+
     // Labels above 255 go to uint16, above 65535 to uint32.
     let big = labels.mapv(|v| v * 1000);
     write_nifti_labels(dir.join("big.nii"), &big, &src.geometry).unwrap();
