@@ -9,8 +9,10 @@
 //!   values `>= K` are an error ([`MetricsError::LabelOutOfRange`]).
 //! * Masks are `bool` or any integer ([`MaskValue`]); non-zero means inside.
 //!
-//! Voxels are numbered in row-major (C) order of the spatial shape; errors report the
-//! multi-index of the first offending voxel.
+//! Every voxel given is validated, also those outside the region of the metrics (a NaN
+//! outside a mask is still an error: it means the file is wrong). Voxels are numbered in
+//! row-major (C) order of the spatial shape; errors report the multi-index of the first
+//! offending voxel, and nothing is accumulated from an input that has one.
 
 use ndarray::{ArrayView, ArrayViewD, Axis, Dimension, IxDyn, Slice};
 

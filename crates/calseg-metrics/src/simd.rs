@@ -84,6 +84,9 @@ unsafe fn hist8<T: Probability, const MASKED: bool>(
         // The row that matched last time is tested first (top-label and background
         // histograms mostly hit the last bin, the others bin 0).
         let inside = _mm256_castsi256_ps(insm);
+        if MASKED && _mm256_movemask_ps(inside) == 0 {
+            return; // the whole group is outside the region (e.g. background)
+        }
         let hitp = _mm256_castsi256_ps(hitm);
         let all_a = || {
             let in_a = _mm256_andnot_ps(
