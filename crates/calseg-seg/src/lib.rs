@@ -49,11 +49,14 @@
 //! - `rand` / `rand_distr`: seeded initialisation and random inputs.
 //! - `serde` / `serde_json`: configurations and benchmark reports as JSON.
 //! - `thiserror`: the typed [`SegError`].
+//! - `ndarray`: the array type of calseg-io and calseg-metrics; [`convert`] copies
+//!   between it and candle tensors (so those crates never depend on candle).
 //!
 //! Feature `cuda` builds candle with CUDA; on a GPU device every op of [`ops`] routes
 //! to candle's own implementation.
 
 pub mod bench;
+pub mod convert;
 pub mod error;
 pub mod init;
 pub mod loss;
