@@ -243,81 +243,53 @@ mod sealed {
     impl Sealed for f64 {}
 }
 
-impl EdgeFloat for f32 {
-    const INFINITY: Self = f32::INFINITY;
-    const ZERO_: Self = 0.0;
-    const ONE_: Self = 1.0;
-    #[inline(always)]
-    fn from_f64_edge(v: f64) -> Self {
-        v as f32
-    }
-    #[inline(always)]
-    fn from_edge(e: f32) -> Self {
-        e
-    }
-    #[inline(always)]
-    fn next_up_nonneg(self) -> Self {
-        f32::from_bits(self.to_bits() + 1)
-    }
-    #[inline(always)]
-    fn prev_pos(self) -> Self {
-        f32::from_bits(self.to_bits() - 1)
-    }
-    #[inline(always)]
-    fn from_count(n: usize) -> Self {
-        n as f32
-    }
-    #[inline(always)]
-    fn trunc_index(self) -> usize {
-        self as usize
-    }
-    #[inline(always)]
-    fn trunc_i32(self) -> i32 {
-        self as i32
-    }
-    #[inline(always)]
-    fn from_i32(i: i32) -> Self {
-        i as f32
-    }
+/// The f32 and f64 implementations are the same code up to the type: exact conversions
+/// (`as` from f32/i32 to f64 is exact; f64 → f32 rounds once, which is how the edges are
+/// defined) and the bit-level neighbours of a finite value.
+macro_rules! impl_edge_float {
+    ($t:ty) => {
+        impl EdgeFloat for $t {
+            const INFINITY: Self = <$t>::INFINITY;
+            const ZERO_: Self = 0.0;
+            const ONE_: Self = 1.0;
+            #[inline(always)]
+            fn from_f64_edge(v: f64) -> Self {
+                v as $t
+            }
+            #[inline(always)]
+            fn from_edge(e: f32) -> Self {
+                e as $t
+            }
+            #[inline(always)]
+            fn next_up_nonneg(self) -> Self {
+                <$t>::from_bits(self.to_bits() + 1)
+            }
+            #[inline(always)]
+            fn prev_pos(self) -> Self {
+                <$t>::from_bits(self.to_bits() - 1)
+            }
+            #[inline(always)]
+            fn from_count(n: usize) -> Self {
+                n as $t
+            }
+            #[inline(always)]
+            fn trunc_index(self) -> usize {
+                self as usize
+            }
+            #[inline(always)]
+            fn trunc_i32(self) -> i32 {
+                self as i32
+            }
+            #[inline(always)]
+            fn from_i32(i: i32) -> Self {
+                i as $t
+            }
+        }
+    };
 }
 
-impl EdgeFloat for f64 {
-    const INFINITY: Self = f64::INFINITY;
-    const ZERO_: Self = 0.0;
-    const ONE_: Self = 1.0;
-    #[inline(always)]
-    fn from_f64_edge(v: f64) -> Self {
-        v
-    }
-    #[inline(always)]
-    fn from_edge(e: f32) -> Self {
-        f64::from(e)
-    }
-    #[inline(always)]
-    fn next_up_nonneg(self) -> Self {
-        f64::from_bits(self.to_bits() + 1)
-    }
-    #[inline(always)]
-    fn prev_pos(self) -> Self {
-        f64::from_bits(self.to_bits() - 1)
-    }
-    #[inline(always)]
-    fn from_count(n: usize) -> Self {
-        n as f64
-    }
-    #[inline(always)]
-    fn trunc_index(self) -> usize {
-        self as usize
-    }
-    #[inline(always)]
-    fn trunc_i32(self) -> i32 {
-        self as i32
-    }
-    #[inline(always)]
-    fn from_i32(i: i32) -> Self {
-        f64::from(i)
-    }
-}
+impl_edge_float!(f32);
+impl_edge_float!(f64);
 
 /// Branch-free bin lookup used by the hot loops.
 ///
