@@ -166,60 +166,69 @@ impl ConvOp {
     }
 }
 
-impl CustomOp2 for ConvOp {
-    fn name(&self) -> &'static str {
-        "calseg-conv"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.fwd((s1, l1), (s2, l2), None)
-    }
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw) = self.backward(x, w, dy)?;
-        Ok((dx, Some(dw)))
-    }
+/// The candle custom-op plumbing shared by [`ConvOp`] and [`ConvTransposeOp`]: both have
+/// `fwd(x, w, bias)` and `backward(x, w, dy) -> (dx, dw)`; the bias variant (`CustomOp3`)
+/// adds the bias gradient `Σ dy` over batch and space.
+macro_rules! impl_conv_custom_ops {
+    ($op:ty, $name:literal, $name_bias:literal) => {
+        impl CustomOp2 for $op {
+            fn name(&self) -> &'static str {
+                $name
+            }
+            fn cpu_fwd(
+                &self,
+                s1: &CpuStorage,
+                l1: &Layout,
+                s2: &CpuStorage,
+                l2: &Layout,
+            ) -> Result<(CpuStorage, Shape)> {
+                self.fwd((s1, l1), (s2, l2), None)
+            }
+            fn bwd(
+                &self,
+                x: &Tensor,
+                w: &Tensor,
+                _res: &Tensor,
+                dy: &Tensor,
+            ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+                let (dx, dw) = self.backward(x, w, dy)?;
+                Ok((dx, Some(dw)))
+            }
+        }
+
+        impl CustomOp3 for $op {
+            fn name(&self) -> &'static str {
+                $name_bias
+            }
+            #[allow(clippy::too_many_arguments)]
+            fn cpu_fwd(
+                &self,
+                s1: &CpuStorage,
+                l1: &Layout,
+                s2: &CpuStorage,
+                l2: &Layout,
+                s3: &CpuStorage,
+                l3: &Layout,
+            ) -> Result<(CpuStorage, Shape)> {
+                self.fwd((s1, l1), (s2, l2), Some((s3, l3)))
+            }
+            fn bwd(
+                &self,
+                x: &Tensor,
+                w: &Tensor,
+                _b: &Tensor,
+                _res: &Tensor,
+                dy: &Tensor,
+            ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+                let (dx, dw) = self.backward(x, w, dy)?;
+                let db = dy.contiguous()?.apply_op1_no_bwd(&BiasGradOp)?;
+                Ok((dx, Some(dw), Some(db)))
+            }
+        }
+    };
 }
 
-impl CustomOp3 for ConvOp {
-    fn name(&self) -> &'static str {
-        "calseg-conv-bias"
-    }
-    #[allow(clippy::too_many_arguments)]
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.fwd((s1, l1), (s2, l2), Some((s3, l3)))
-    }
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _b: &Tensor,
-        _res: &Tensor,
-        dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw) = self.backward(x, w, dy)?;
-        let db = dy.contiguous()?.apply_op1_no_bwd(&BiasGradOp)?;
-        Ok((dx, Some(dw), Some(db)))
-    }
-}
+impl_conv_custom_ops!(ConvOp, "calseg-conv", "calseg-conv-bias");
 
 /// Input gradient of [`ConvOp`]: `(dy, w) → dx` with `dx` of dims `in_dims`.
 #[derive(Clone, Debug)]
@@ -417,57 +426,8 @@ impl ConvTransposeOp {
     }
 }
 
-impl CustomOp2 for ConvTransposeOp {
-    fn name(&self) -> &'static str {
-        "calseg-conv-transpose"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.fwd((s1, l1), (s2, l2), None)
-    }
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw) = self.backward(x, w, dy)?;
-        Ok((dx, Some(dw)))
-    }
-}
-
-impl CustomOp3 for ConvTransposeOp {
-    fn name(&self) -> &'static str {
-        "calseg-conv-transpose-bias"
-    }
-    #[allow(clippy::too_many_arguments)]
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.fwd((s1, l1), (s2, l2), Some((s3, l3)))
-    }
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _b: &Tensor,
-        _res: &Tensor,
-        dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw) = self.backward(x, w, dy)?;
-        let db = dy.contiguous()?.apply_op1_no_bwd(&BiasGradOp)?;
-        Ok((dx, Some(dw), Some(db)))
-    }
-}
+impl_conv_custom_ops!(
+    ConvTransposeOp,
+    "calseg-conv-transpose",
+    "calseg-conv-transpose-bias"
+);

@@ -52,12 +52,7 @@ pub fn conv(
     if !x.device().is_cpu() {
         return stock::conv(x, w, b, stride, padding);
     }
-    let op = ConvOp(Conf { stride, padding });
-    let (x, w) = (x.contiguous()?, w.contiguous()?);
-    match b {
-        Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
-        None => x.apply_op2(&w, op),
-    }
+    apply_with_bias(x, w, b, ConvOp(Conf { stride, padding }))
 }
 
 /// Transposed convolution (the adjoint of [`conv`] with respect to its input) plus bias.
@@ -74,7 +69,14 @@ pub fn conv_transpose(
     if !x.device().is_cpu() {
         return stock::conv_transpose(x, w, b, stride, padding);
     }
-    let op = ConvTransposeOp(Conf { stride, padding });
+    apply_with_bias(x, w, b, ConvTransposeOp(Conf { stride, padding }))
+}
+
+/// Applies a convolution-like op as `CustomOp3` (with bias) or `CustomOp2` (without).
+fn apply_with_bias<Op>(x: &Tensor, w: &Tensor, b: Option<&Tensor>, op: Op) -> Result<Tensor>
+where
+    Op: candle_core::CustomOp2 + candle_core::CustomOp3 + Send + Sync + 'static,
+{
     let (x, w) = (x.contiguous()?, w.contiguous()?);
     match b {
         Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
