@@ -63,5 +63,6 @@ pub mod loss;
 pub mod net;
 pub mod ops;
 pub mod optim;
+pub mod train;
 
 pub use error::{Result, SegError};
