@@ -229,9 +229,11 @@ impl UNet {
     }
 }
 
-impl candle_core::Module for UNet {
-    /// Logits `(n, classes, …)` of an input `(n, in_channels, …)`.
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+impl UNet {
+    /// The last decoder feature map `(n, base, …)` of an input `(n, in_channels, …)`:
+    /// everything but the 1×1 head. Models that inject extra channels before their own
+    /// heads (the variational label smoother) build on this.
+    pub fn features(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let expected = self.cfg.dims + 2;
         if x.rank() != expected || x.dim(1)? != self.cfg.in_channels {
             candle_core::bail!(
@@ -268,6 +270,13 @@ impl candle_core::Module for UNet {
             };
             h = d.forward(&Tensor::cat(&[&skip, &u], 1)?)?;
         }
-        self.head.forward(&h)
+        Ok(h)
+    }
+}
+
+impl candle_core::Module for UNet {
+    /// Logits `(n, classes, …)` of an input `(n, in_channels, …)`.
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.head.forward(&self.features(x)?)
     }
 }
