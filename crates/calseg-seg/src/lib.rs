@@ -13,7 +13,9 @@
 //! - [`net`]: the [`net::UNet`] (seeded PyTorch-style init, candle-nn parameter names so
 //!   `VarMap` safetensors checkpoints work), choosing fast or stock ops per
 //!   [`net::Backend`].
-//! - [`loss`]: soft-target cross-entropy (one fused op) — more losses later.
+//! - [`loss`]: soft-target cross-entropy (one fused op) and the calibration losses (CE,
+//!   LS, focal, SVLS, MbLS, NACL, soft Dice) behind [`loss::LossConfig`].
+//! - [`calibrate`]: temperature scaling fitted on validation logits (NLL or ECE).
 //! - [`optim`]: AdamW with a fused in-place update.
 //! - [`bench`]: the timed training step behind `calseg bench unet-step`.
 //! - [`init`]: seeded random tensors (candle's CPU RNG cannot be seeded).
@@ -56,6 +58,7 @@
 //! to candle's own implementation.
 
 pub mod bench;
+pub mod calibrate;
 pub mod convert;
 pub mod error;
 pub mod init;
