@@ -469,3 +469,23 @@ fn methods_parse_validate_and_serialise() -> R {
     assert_eq!(cfg.method, Method::Focal { gamma: 2.0 });
     Ok(())
 }
+
+#[test]
+fn soft_target_receives_gradient() -> R {
+    // ∂/∂t of mean_v −Σ_k t_k log p_k is −log p / V: here V = 2 voxels.
+    let l = t64(&[3f64.ln(), 0.0, 0.0, 0.0], &[1, 2, 2]);
+    let t = Var::from_tensor(&t64(&[0.5, 0.0, 0.5, 1.0], &[1, 2, 2]))?;
+    for loss in [
+        Box::new(SoftTargetCe) as Box<dyn SegLoss>,
+        Box::new(LabelSmoothing { eps: 0.0 }),
+        Box::new(Focal { gamma: 0.0 }),
+    ] {
+        let g = loss.forward(&l, t.as_tensor())?.backward()?;
+        let gt = flat(g.get(t.as_tensor()).ok_or("no target gradient")?);
+        let want = [-(0.75f64.ln()), 2f64.ln(), -(0.25f64.ln()), 2f64.ln()].map(|v| v / 2.0);
+        for (a, b) in gt.iter().zip(want) {
+            close(*a, b, 1e-12);
+        }
+    }
+    Ok(())
+}

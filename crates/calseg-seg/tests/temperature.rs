@@ -102,6 +102,8 @@ fn recovers_temperature_with_ece() -> R {
         r.temperature.0
     );
     assert!(r.ece < 0.02 && r.ece < r.ece_at_one);
+    // Deterministic: the same data give bit-identical curves.
+    assert_eq!(fit.fit()?, r);
     // Already calibrated logits: T ≈ 1.
     let (l1, y1) = synthetic(3, 20_000, 1.0, 3);
     let mut fit = TemperatureFit::new(FitConfig::default())?;

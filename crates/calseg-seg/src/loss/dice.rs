@@ -39,7 +39,7 @@ impl SegLoss for SoftDice {
             candle_core::bail!("soft Dice: no class to average (K = {k}, background excluded)");
         }
         let p = candle_nn::ops::softmax(logits, 1)?;
-        let t = target.detach();
+        let t = target.clone();
         let flat = |x: &Tensor| -> candle_core::Result<Tensor> {
             x.reshape((n, k, ()))?.sum(2)?.sum(0) // (k)
         };

@@ -64,7 +64,7 @@ impl SegLoss for Focal {
     fn forward(&self, logits: &Tensor, target: &Tensor) -> candle_core::Result<Tensor> {
         check_pair("focal loss", logits, target)?;
         let logp = candle_nn::ops::log_softmax(logits, 1)?;
-        let mut w = target.detach();
+        let mut w = target.clone();
         if let Some(m) = self.modulating(&logp.exp()?)? {
             w = (w * m)?;
         }

@@ -47,6 +47,6 @@ impl LabelSmoothing {
 impl SegLoss for LabelSmoothing {
     fn forward(&self, logits: &Tensor, target: &Tensor) -> candle_core::Result<Tensor> {
         check_pair("label smoothing", logits, target)?;
-        soft_ce(logits, &self.smooth(&target.detach())?)
+        soft_ce(logits, &self.smooth(target)?)
     }
 }

@@ -3,9 +3,12 @@
 //! Every loss takes logits `(n, k, *spatial)` (k classes, any number of spatial axes:
 //! `(n, k, h, w)` in 2D, `(n, k, d, h, w)` in 3D) and target distributions of the same
 //! shape, and returns a scalar tensor that candle can differentiate. Losses are averaged
-//! over voxels (and batch). Targets never need gradients, so the target transforms (SVLS
-//! smoothing, NACL class proportions) run in plain Rust on the CPU (f64, parallel over
-//! channels with rayon) and come back as a tensor of the logits' dtype and device.
+//! over voxels (and batch). Training targets need no gradients, so the target transforms
+//! (SVLS smoothing, NACL class proportions) run in plain Rust on the CPU (f64, parallel
+//! over channels with rayon) and come back as a constant tensor of the logits' dtype and
+//! device. The other losses are candle expressions in the target too: if a target tracks
+//! gradients (e.g. a learned soft target for `soft`), CE, soft, LS, focal, MbLS's and
+//! NACL's CE term and Dice pass gradients to it; the SVLS and NACL transforms do not.
 //!
 //! | method | struct | loss |
 //! |---|---|---|
