@@ -145,6 +145,7 @@ impl Stepper {
             norm: NormKind::Group(8),
             pool: PoolKind::Avg,
             backend,
+            dropout: 0.0,
         };
         let vm = VarMap::new();
         let net = UNet::new(&ucfg, &vm, cfg.seed, DType::F32, &dev)?;

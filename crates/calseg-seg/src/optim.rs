@@ -184,6 +184,89 @@ impl candle_nn::Optimizer for AdamW {
     }
 }
 
+/// First and second moments `(m, v)` of one variable, as f64 vectors.
+pub type MomentPair = (Vec<f64>, Vec<f64>);
+
+impl AdamW {
+    /// Number of updates done so far (`t` of the bias corrections).
+    pub fn step_count(&self) -> usize {
+        self.step_t
+    }
+
+    /// The variables being optimised, in the order they were given to `new` (non-float
+    /// variables left out).
+    pub fn vars(&self) -> Vec<Var> {
+        self.vars.iter().map(|(v, _)| v.clone()).collect()
+    }
+
+    /// The state to checkpoint: `t` and, per variable (order of [`vars`](Self::vars)),
+    /// the first and second moments `(m, v)` as f64 vectors of the variable's length.
+    /// Restoring it with [`set_state`](Self::set_state) continues bit-identically.
+    pub fn state(&self) -> Result<(usize, Vec<MomentPair>)> {
+        let moments = self
+            .vars
+            .iter()
+            .map(|(_, mom)| match mom {
+                Moments::Cpu(m) => {
+                    let g = m
+                        .lock()
+                        .map_err(|_| candle_core::Error::Msg("AdamW state poisoned".into()))?;
+                    Ok((g.0.clone(), g.1.clone()))
+                }
+                Moments::Device(m, v) => {
+                    let f = |t: &Var| {
+                        t.as_tensor()
+                            .to_dtype(candle_core::DType::F64)?
+                            .flatten_all()?
+                            .to_vec1::<f64>()
+                    };
+                    Ok((f(m)?, f(v)?))
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((self.step_t, moments))
+    }
+
+    /// Restores a state from [`state`](Self::state): `t` and one `(m, v)` pair per
+    /// variable, in the same order, each of the variable's length.
+    pub fn set_state(&mut self, step_t: usize, moments: Vec<MomentPair>) -> Result<()> {
+        if moments.len() != self.vars.len() {
+            bail!(
+                "AdamW state has {} moment pairs for {} variables",
+                moments.len(),
+                self.vars.len()
+            );
+        }
+        for ((var, mom), (m, v)) in self.vars.iter().zip(moments) {
+            let n = var.elem_count();
+            if m.len() != n || v.len() != n {
+                bail!(
+                    "AdamW state: moments of length {}/{} for a parameter of {n} values",
+                    m.len(),
+                    v.len()
+                );
+            }
+            match mom {
+                Moments::Cpu(cell) => {
+                    let mut g = cell
+                        .lock()
+                        .map_err(|_| candle_core::Error::Msg("AdamW state poisoned".into()))?;
+                    *g = (m, v);
+                }
+                Moments::Device(mt, vt) => {
+                    let to = |x: Vec<f64>| {
+                        Tensor::from_vec(x, var.shape(), var.device())?.to_dtype(var.dtype())
+                    };
+                    mt.set(&to(m)?)?;
+                    vt.set(&to(v)?)?;
+                }
+            }
+        }
+        self.step_t = step_t;
+        Ok(())
+    }
+}
+
 /// The same update with tensor ops (non-CPU devices).
 fn device_step(c: Coeffs, theta: &Var, m: &Var, v: &Var, g: &Tensor) -> Result<()> {
     let next_m = ((m.as_tensor() * c.b1)? + (g * (1.0 - c.b1))?)?;

@@ -3,5 +3,7 @@
 mod layers;
 mod unet;
 
-pub use layers::{Backend, Conv, ConvTranspose, NORM_EPS, NormKind, NormRelu};
+pub use layers::{
+    BN_MOMENTUM, Backend, Conv, ConvTranspose, NORM_EPS, NetMode, NormKind, NormRelu,
+};
 pub use unet::{PoolKind, UNet, UNetConfig};

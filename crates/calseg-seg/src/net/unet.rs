@@ -6,26 +6,36 @@
 //! parameter names to the PyTorch twin `unet_step_torch.py`:
 //!
 //! ```text
-//! enc.i   : Block(c_in → B·2^i), then avg-pool 2          (i = 0 .. D−1, skip saved)
+//! enc.i   : Block(c_in → B·2^i), then pool 2              (i = 0 .. D−1, skip saved)
+//! down.i  : Conv(B·2^i → B·2^i, k 2, s 2)                 (only with `pool = conv`)
 //! bott    : Block(B·2^(D−1) → B·2^D)
 //! ups.j   : ConvTranspose(B·2^(i+1) → B·2^i, k 2, s 2)    (j = 0 .. D−1, i = D−1−j)
 //! dec.j   : Block(cat[skip_i, up] = 2·B·2^i → B·2^i)
 //! head    : Conv 1×1 (B → classes)
 //! Block   : c1 conv3 pad1 → n1 norm → relu → c2 conv3 pad1 → n2 norm → relu
+//!           (→ dropout p, training mode only, when `dropout > 0`)
 //! ```
+//!
+//! Training vs evaluation mode ([`UNet::set_training`]) matters for BatchNorm and
+//! dropout only. Dropout zeroes each activation of every block output with probability
+//! `p` and scales the rest by `1/(1 − p)` (inverted dropout, as `torch.nn.Dropout`); its
+//! masks are drawn from `StdRng::seed_from_u64(s)` where `s` is set with
+//! [`UNet::set_dropout_seed`] (the trainer draws it from its seeded generator before
+//! every step) and advances by one per forward pass, so runs are reproducible.
 //!
 //! Input `(n, in_channels, [d,] h, w)` with every spatial size divisible by `2^D`;
 //! output logits `(n, classes, [d,] h, w)`.
 
-use super::layers::{Backend, Conv, ConvTranspose, NormKind, NormRelu};
+use super::layers::{Backend, Conv, ConvTranspose, NetMode, NormKind, NormRelu};
 use crate::init::ParamInit;
 use crate::ops::{self, stock};
 use crate::{Result, SegError};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
-use rand::SeedableRng;
 use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// Downsampling between encoder levels.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +45,9 @@ pub enum PoolKind {
     /// max-pool gradient is wrong.)
     #[default]
     Avg,
+    /// A learned strided convolution, kernel = stride = 2, same width in and out
+    /// (parameters `down.{i}.weight`, `down.{i}.bias`).
+    Conv,
 }
 
 /// Hyper-parameters of a [`UNet`].
@@ -53,9 +66,14 @@ pub struct UNetConfig {
     /// Normalisation after each convolution of a block.
     pub norm: NormKind,
     /// Downsampling.
+    #[serde(default)]
     pub pool: PoolKind,
     /// Fast ops or candle's stock ops.
+    #[serde(default)]
     pub backend: Backend,
+    /// Dropout probability after every block, in `[0, 1)`; 0 = none (default).
+    #[serde(default)]
+    pub dropout: f64,
 }
 
 impl Default for UNetConfig {
@@ -70,6 +88,7 @@ impl Default for UNetConfig {
             norm: NormKind::Group(8),
             pool: PoolKind::Avg,
             backend: Backend::Fast,
+            dropout: 0.0,
         }
     }
 }
@@ -86,7 +105,15 @@ impl UNetConfig {
         if self.depth == 0 || self.depth > 8 {
             return bad(format!("depth must be in 1..=8, got {}", self.depth));
         }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad(format!("dropout must be in [0, 1), got {}", self.dropout));
+        }
         Ok(())
+    }
+
+    /// Spatial sizes must be multiples of this (`2^depth`).
+    pub fn size_multiple(&self) -> usize {
+        1 << self.depth
     }
 }
 
@@ -106,13 +133,15 @@ impl Block {
         cfg: &UNetConfig,
         cin: usize,
         cout: usize,
+        mode: &Arc<NetMode>,
     ) -> Result<Self> {
         let (d, be) = (cfg.dims, cfg.backend);
+        let nk = cfg.norm;
         Ok(Self {
             c1: Conv::new(init, &format!("{prefix}.c1"), d, cin, cout, 3, 1, 1, be)?,
-            n1: NormRelu::new(init, &format!("{prefix}.n1"), cfg.norm, cout, be)?,
+            n1: NormRelu::with_mode(init, &format!("{prefix}.n1"), nk, cout, be, mode)?,
             c2: Conv::new(init, &format!("{prefix}.c2"), d, cout, cout, 3, 1, 1, be)?,
-            n2: NormRelu::new(init, &format!("{prefix}.n2"), cfg.norm, cout, be)?,
+            n2: NormRelu::with_mode(init, &format!("{prefix}.n2"), nk, cout, be, mode)?,
         })
     }
 
@@ -141,10 +170,12 @@ impl Block {
 pub struct UNet {
     cfg: UNetConfig,
     enc: Vec<Block>,
+    down: Vec<Conv>,
     bott: Block,
     ups: Vec<ConvTranspose>,
     dec: Vec<Block>,
     head: Conv,
+    mode: Arc<NetMode>,
 }
 
 impl UNet {
@@ -160,8 +191,10 @@ impl UNet {
         cfg.validate()?;
         let mut rng = StdRng::seed_from_u64(seed);
         let mut init = ParamInit::new(varmap, &mut rng, dtype, device);
+        let mode = Arc::new(NetMode::default());
         let width = |i: usize| cfg.base << i;
         let mut enc = Vec::with_capacity(cfg.depth);
+        let mut down = Vec::new();
         let mut c = cfg.in_channels;
         for i in 0..cfg.depth {
             enc.push(Block::new(
@@ -170,10 +203,25 @@ impl UNet {
                 cfg,
                 c,
                 width(i),
+                &mode,
             )?);
             c = width(i);
+            if cfg.pool == PoolKind::Conv {
+                let name = format!("down.{i}");
+                down.push(Conv::new(
+                    &mut init,
+                    &name,
+                    cfg.dims,
+                    c,
+                    c,
+                    2,
+                    2,
+                    0,
+                    cfg.backend,
+                )?);
+            }
         }
-        let bott = Block::new(&mut init, "bott", cfg, c, width(cfg.depth))?;
+        let bott = Block::new(&mut init, "bott", cfg, c, width(cfg.depth), &mode)?;
         let (mut ups, mut dec) = (Vec::new(), Vec::new());
         for (j, i) in (0..cfg.depth).rev().enumerate() {
             let be = cfg.backend;
@@ -193,6 +241,7 @@ impl UNet {
                 cfg,
                 2 * width(i),
                 width(i),
+                &mode,
             )?);
         }
         let head = Conv::new(
@@ -209,10 +258,12 @@ impl UNet {
         Ok(Self {
             cfg: cfg.clone(),
             enc,
+            down,
             bott,
             ups,
             dec,
             head,
+            mode,
         })
     }
 
@@ -221,12 +272,48 @@ impl UNet {
         &self.cfg
     }
 
-    fn pool(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    /// Switches between training (`true`: batch statistics, dropout) and evaluation
+    /// (`false`: running statistics, no dropout). A new network is in training mode.
+    pub fn set_training(&self, training: bool) {
+        self.mode.set_training(training)
+    }
+
+    /// Whether the network is in training mode.
+    pub fn training(&self) -> bool {
+        self.mode.training()
+    }
+
+    /// Seeds the dropout masks of the next forward pass (see the module docs).
+    pub fn set_dropout_seed(&self, seed: u64) {
+        self.mode.set_dropout_seed(seed)
+    }
+
+    fn pool(&self, i: usize, x: &Tensor) -> candle_core::Result<Tensor> {
         match (self.cfg.pool, self.cfg.backend) {
             (PoolKind::Avg, Backend::Fast) => ops::avg_pool(x, 2),
             (PoolKind::Avg, Backend::Stock) => stock::avg_pool(x, 2),
+            (PoolKind::Conv, _) => match self.down.get(i) {
+                Some(c) => c.forward(x),
+                None => candle_core::bail!("U-Net: missing downsampling conv {i}"),
+            },
         }
     }
+}
+
+/// Inverted dropout: each value kept with probability `1 − p` and scaled by `1/(1 − p)`.
+fn dropout(x: &Tensor, p: f64, rng: &mut StdRng) -> candle_core::Result<Tensor> {
+    let keep = 1.0 / (1.0 - p);
+    let mask: Vec<f32> = (0..x.elem_count())
+        .map(|_| {
+            if rng.random::<f64>() < p {
+                0.0
+            } else {
+                keep as f32
+            }
+        })
+        .collect();
+    let mask = Tensor::from_vec(mask, x.dims(), x.device())?.to_dtype(x.dtype())?;
+    x.mul(&mask)
 }
 
 impl UNet {
@@ -255,20 +342,30 @@ impl UNet {
                 x.dims()
             );
         }
+        let p = self.cfg.dropout;
+        let mut rng = (p > 0.0 && self.mode.training())
+            .then(|| StdRng::seed_from_u64(self.mode.next_dropout_seed()));
+        let mut block = |b: &Block, x: &Tensor| -> candle_core::Result<Tensor> {
+            let y = b.forward(x)?;
+            match rng.as_mut() {
+                Some(r) => dropout(&y, p, r),
+                None => Ok(y),
+            }
+        };
         let mut skips = Vec::with_capacity(self.cfg.depth);
         let mut h = x.clone();
-        for b in &self.enc {
-            h = b.forward(&h)?;
+        for (i, b) in self.enc.iter().enumerate() {
+            h = block(b, &h)?;
             skips.push(h.clone());
-            h = self.pool(&h)?;
+            h = self.pool(i, &h)?;
         }
-        h = self.bott.forward(&h)?;
+        h = block(&self.bott, &h)?;
         for (up, d) in self.ups.iter().zip(&self.dec) {
             let u = up.forward(&h)?;
             let Some(skip) = skips.pop() else {
                 candle_core::bail!("U-Net: missing skip")
             };
-            h = d.forward(&Tensor::cat(&[&skip, &u], 1)?)?;
+            h = block(d, &Tensor::cat(&[&skip, &u], 1)?)?;
         }
         Ok(h)
     }

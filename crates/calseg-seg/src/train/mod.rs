@@ -5,6 +5,13 @@
 //! trained: the segmentation net with any calibration loss ([`crate::loss`]) and the
 //! variational label smoother of `calseg-vls` both implement [`Trainable`].
 
+pub mod checkpoint;
+pub mod data;
+pub mod trainer;
+
+pub use data::{BatchSampler, Layout, Sample, SetOptions, TargetSource, TrainSet};
+pub use trainer::{EpochLog, Schedule, TrainReport, Trainer, TrainerConfig, ValMetrics, validate};
+
 use crate::Result;
 use candle_core::Tensor;
 use candle_nn::VarMap;
@@ -57,4 +64,9 @@ pub trait Trainable {
     fn end_epoch(&self, _epoch: usize) -> Vec<(String, f64)> {
         Vec::new()
     }
+
+    /// Switches between training (`true`) and evaluation (`false`) behaviour (BatchNorm
+    /// statistics, dropout). The trainer calls it before training steps and before
+    /// validation. Default: nothing (models without such layers).
+    fn set_training(&self, _training: bool) {}
 }
