@@ -50,6 +50,25 @@ pub struct InputSpec {
     pub train_size: Vec<usize>,
 }
 
+impl InputSpec {
+    /// How a net trained on `set` sees images: the slicing axis of a slice set
+    /// (resolved: the last spatial axis of the volumes when it was left unset), the patch
+    /// of a patch set, and the batch shape.
+    pub fn from_set(set: &crate::train::TrainSet) -> Self {
+        use crate::train::Layout;
+        let (axis, patch) = match &set.options().layout {
+            Layout::Slices { axis, .. } => (Some(axis.unwrap_or(2)), None),
+            Layout::Whole => (None, None),
+            Layout::Patches { patch, .. } => (None, Some(patch.clone())),
+        };
+        Self {
+            axis,
+            patch,
+            train_size: set.batch_shape(),
+        }
+    }
+}
+
 /// Contents of `model.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelInfo {

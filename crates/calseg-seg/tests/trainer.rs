@@ -431,6 +431,62 @@ fn nan_loss_stops_and_keeps_the_last_good_checkpoint() {
 }
 
 #[test]
+fn a_failing_checkpoint_write_is_an_error_and_leaves_no_temporary_file() {
+    let train = TrainSet::build(&[volume(1)], &slice_opts(TargetSource::OneHot)).unwrap();
+    let dir = scratch("ckfail");
+    // A non-empty directory where the checkpoint goes: the final rename must fail.
+    std::fs::create_dir_all(dir.join("checkpoint.safetensors").join("x")).unwrap();
+    let e = Trainer::new(quiet(1))
+        .fit(&model(1), &train, None, Some(&dir))
+        .unwrap_err();
+    assert!(e.to_string().contains("checkpoint.safetensors"), "{e}");
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn schedules() {
+    let c = Schedule::Cosine { warmup: 2 };
+    assert_eq!(c.lr(1.0, 0, 0, 10), 0.5);
+    assert_eq!(c.lr(1.0, 1, 0, 10), 1.0);
+    assert!((c.lr(1.0, 2, 0, 10) - 1.0).abs() < 1e-12);
+    assert!((c.lr(1.0, 6, 0, 10) - 0.5).abs() < 1e-12);
+    let s = Schedule::Step {
+        every: 2,
+        gamma: 0.1,
+    };
+    assert_eq!(s.lr(1.0, 99, 1, 100), 1.0);
+    assert!((s.lr(1.0, 99, 5, 100) - 0.01).abs() < 1e-12);
+    assert_eq!(Schedule::Constant.lr(0.3, 5, 5, 10), 0.3);
+    // configs parse from partial JSON
+    let cfg: TrainerConfig =
+        serde_json::from_str(r#"{"epochs": 3, "schedule": {"step": {"every": 1, "gamma": 0.5}}}"#)
+            .unwrap();
+    assert_eq!(cfg.epochs, 3);
+    assert_eq!(cfg.lr, 1e-3);
+    assert_eq!(
+        cfg.schedule,
+        Schedule::Step {
+            every: 1,
+            gamma: 0.5
+        }
+    );
+}
+
+#[test]
+fn input_spec_follows_the_training_set() {
+    let set = TrainSet::build(&[volume(1)], &slice_opts(TargetSource::OneHot)).unwrap();
+    let spec = calseg_seg::model::InputSpec::from_set(&set);
+    assert_eq!(spec.axis, Some(2));
+    assert_eq!(spec.patch, None);
+    assert_eq!(spec.train_size, vec![16, 16]);
+}
+
+#[test]
 fn model_directories_round_trip_and_name_bad_files() {
     let dir = scratch("modeldir");
     let mut m = model(4).with_method(serde_json::json!({"name": "ce"}));
