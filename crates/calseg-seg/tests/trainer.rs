@@ -449,6 +449,57 @@ fn a_failing_checkpoint_write_is_an_error_and_leaves_no_temporary_file() {
 }
 
 #[test]
+fn a_3d_net_trains_on_patches_and_validates_on_whole_volumes() {
+    let cfg = PhantomConfig {
+        shape: vec![12, 10, 8],
+        classes: 3,
+        supersample: 1,
+        ..Default::default()
+    };
+    let case = generate(&cfg, 11).unwrap().to_case("v");
+    let patches = SetOptions {
+        classes: 3,
+        targets: TargetSource::OneHot,
+        layout: Layout::Patches {
+            patch: vec![8, 8, 8],
+            foreground_fraction: 0.5,
+        },
+        multiple: 2,
+    };
+    let train = TrainSet::build(std::slice::from_ref(&case), &patches).unwrap();
+    let whole = SetOptions {
+        layout: Layout::Whole,
+        ..patches
+    };
+    let val = TrainSet::build(std::slice::from_ref(&case), &whole).unwrap();
+    assert_eq!(val.samples()[0].image.shape(), &[1, 12, 10, 8]);
+    let net = UNetConfig {
+        dims: 3,
+        in_channels: 1,
+        classes: 3,
+        base: 2,
+        depth: 1,
+        norm: NormKind::Batch,
+        dropout: 0.1,
+        ..UNetConfig::default()
+    };
+    let m = SegModel::new(&net, 0, &Device::Cpu)
+        .unwrap()
+        .with_loss(Arc::new(SoftCe));
+    let r = Trainer::new(TrainerConfig {
+        iters_per_epoch: Some(2),
+        ..quiet(2)
+    })
+    .fit(&m, &train, Some(&val), None)
+    .unwrap();
+    assert_eq!(r.steps, 4);
+    assert!(r.epochs[1].val.as_ref().unwrap().nll.is_finite());
+    assert!(!m.net().training(), "left in evaluation mode");
+    let spec = calseg_seg::model::InputSpec::from_set(&train);
+    assert_eq!(spec.patch, Some(vec![8, 8, 8]));
+}
+
+#[test]
 fn schedules() {
     let c = Schedule::Cosine { warmup: 2 };
     assert_eq!(c.lr(1.0, 0, 0, 10), 0.5);
@@ -514,4 +565,53 @@ fn model_directories_round_trip_and_name_bad_files() {
     assert!(e.to_string().contains("model.json"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(SegModel::load(Path::new("/nonexistent/calseg")).is_err());
+}
+
+/// The embedded brain, split into axial slabs (train z < 41, validate z ≥ 41): a real-size
+/// smoke run (a few steps; `cargo test --release -- --ignored icbm`).
+#[test]
+#[ignore]
+fn icbm152_slab_smoke_run() {
+    let ds = calseg_io::icbm152::open().unwrap();
+    let case = ds.load("icbm152").unwrap();
+    let opts = |range| SetOptions {
+        classes: 4,
+        targets: TargetSource::CaseSoft,
+        layout: Layout::Slices {
+            axis: None,
+            range: Some(range),
+            skip_empty: true,
+        },
+        multiple: 8,
+    };
+    let train = TrainSet::build(std::slice::from_ref(&case), &opts(0..41)).unwrap();
+    let val = TrainSet::build(std::slice::from_ref(&case), &opts(41..82)).unwrap();
+    assert_eq!(train.samples()[0].image.shape(), &[1, 80, 104]);
+    let cfg = UNetConfig {
+        dims: 2,
+        in_channels: 1,
+        classes: 4,
+        base: 8,
+        depth: 3,
+        ..UNetConfig::default()
+    };
+    let m = SegModel::new(&cfg, 0, &Device::Cpu)
+        .unwrap()
+        .with_loss(Arc::new(SoftCe));
+    let t0 = std::time::Instant::now();
+    let r = Trainer::new(TrainerConfig {
+        epochs: 2,
+        iters_per_epoch: Some(5),
+        batch_size: 4,
+        lr: 3e-3,
+        quiet: true,
+        ..TrainerConfig::default()
+    })
+    .fit(&m, &train, Some(&val), None)
+    .unwrap();
+    eprintln!("{:?} in {:?}", r.epochs.last(), t0.elapsed());
+    let m = m.with_input(calseg_seg::model::InputSpec::from_set(&train));
+    let p = calseg_seg::infer::predict_probs(&m, case.image.clone()).unwrap();
+    assert_eq!(p.shape(), &[4, 80, 100, 82]);
+    eprintln!("inference done in {:?}", t0.elapsed());
 }
