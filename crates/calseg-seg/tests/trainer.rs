@@ -172,8 +172,23 @@ fn slab_ranges_axes_and_empty_slices() {
         range: None,
         skip_empty: true,
     };
-    let set = TrainSet::build(&[c], &o).unwrap();
+    let set = TrainSet::build(std::slice::from_ref(&c), &o).unwrap();
     assert_eq!(set.len(), 3);
+    // 2D cases are single slices (of different sizes: padded to a common shape)
+    let two_d = |shape: Vec<usize>, seed| {
+        let cfg = PhantomConfig {
+            shape,
+            classes: 3,
+            ..Default::default()
+        };
+        generate(&cfg, seed)
+            .unwrap()
+            .to_case(&format!("flat{seed}"))
+    };
+    let set = TrainSet::build(&[two_d(vec![12, 9], 1), two_d(vec![10, 13], 2)], &o).unwrap();
+    assert_eq!(set.len(), 2);
+    assert_eq!(set.samples()[0].image.shape(), &[1, 12, 16]);
+    assert_eq!(set.samples()[1].size, vec![10, 13]);
 }
 
 #[test]

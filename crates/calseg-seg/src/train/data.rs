@@ -71,7 +71,8 @@ pub enum TargetSource {
 pub enum Layout {
     /// 2D slices of 3D cases along spatial `axis` (`None`: the last one, axial for RAS
     /// volumes). `range` keeps only slice indices in it (e.g. `0..41`: a slab of a
-    /// single volume); `skip_empty` drops slices whose labels are all background.
+    /// single volume); `skip_empty` drops slices whose labels are all background. A 2D
+    /// case is taken as one slice.
     Slices {
         /// Spatial axis to slice along (`None`: the last).
         axis: Option<usize>,
@@ -347,6 +348,21 @@ impl TrainSet {
             let p = prepare(case, opts)?;
             let nsp = spatial(&p.image).len();
             match &opts.layout {
+                // A 2D case is its own single slice.
+                Layout::Slices { skip_empty, .. } if nsp == 2 => {
+                    dims = 2;
+                    if let (Some(labels), Some(target)) = (p.label, p.soft_label) {
+                        if !(*skip_empty && labels.iter().all(|&l| l == 0)) {
+                            samples.push(Sample {
+                                id: p.id,
+                                size: spatial(&p.image).to_vec(),
+                                image: p.image,
+                                target,
+                                labels,
+                            });
+                        }
+                    }
+                }
                 Layout::Slices {
                     axis,
                     range,
