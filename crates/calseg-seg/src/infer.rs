@@ -278,6 +278,12 @@ pub fn sliding_window_logits(
     overlap: f64,
     batch: usize,
 ) -> Result<ArrayD<f32>> {
+    if x.ndim() < 3 || x.shape()[0] != 1 {
+        return Err(SegError::Shape(format!(
+            "sliding window: expected (1, C, *spatial), got {:?}",
+            x.shape()
+        )));
+    }
     let sp = x.shape()[2..].to_vec();
     let m = spec.multiple.max(1);
     if patch.len() != sp.len() || patch.iter().any(|&p| p == 0 || p % m != 0) {

@@ -469,6 +469,12 @@ impl TrainSet {
             .first()
             .ok_or_else(|| SegError::Config("the training set has no sample".into()))?;
         let (ishape, tshape) = (first.image.shape().to_vec(), first.target.shape().to_vec());
+        if ishape.len() < 3 {
+            return Err(SegError::Shape(format!(
+                "sample {}: image {ishape:?} is not (C, *spatial) with 2 or 3 spatial axes",
+                first.id
+            )));
+        }
         for s in &samples {
             if s.image.shape() != ishape.as_slice()
                 || s.target.shape() != tshape.as_slice()
