@@ -34,3 +34,6 @@ pub use calseg_io as io;
 pub use calseg_metrics as metrics;
 pub use calseg_seg as seg;
 pub use calseg_vls as vls;
+
+pub mod experiment;
+pub mod report;

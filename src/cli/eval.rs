@@ -1,16 +1,27 @@
-//! `calseg eval`: calibration and overlap metrics of one probability map.
+//! `calseg eval`: calibration and overlap metrics of one probability map, or of every
+//! case of a dataset folder against a folder of predictions.
+//!
+//! * **Single-file mode** (`--probs P --labels Y`): one report.
+//! * **Dataset mode** (`--data DIR --predictions DIR`): the labels of a Decathlon /
+//!   nnU-Net v2 dataset folder ([`calseg_io::Dataset`]) against one prediction file per
+//!   case (`CASE.nii.gz`, `CASE.nii`, `CASE.safetensors` or `CASE.npy`). Cases are loaded
+//!   and scored one at a time (memory: one case), each into its own [`Evaluator`]; the
+//!   evaluators are merged into a pooled ("micro") one, and the per-case reports are
+//!   averaged with [`macro_average`] ("macro"). Every prediction file is located before
+//!   any case is scored, so a missing one fails fast.
 
 use super::{CliError, CliResult};
-use calseg_io::{FloatArray, LabelMap};
+use calseg_io::{CaseRef, Dataset, FloatArray, LabelMap};
 use calseg_metrics::plot::{PlotFormat, PlotOptions, reliability_diagram};
 use calseg_metrics::{
-    EdgeConvention, EmptyDice, Evaluator, Input, InputMode, MetricConfig, MetricsError,
-    Probability, Region, Report, hd95_per_class,
+    EdgeConvention, EmptyDice, Evaluator, Input, InputMode, MacroReport, MetricConfig,
+    MetricsError, Probability, Region, Report, hd95_per_class, macro_average, nanmean,
 };
 use clap::{Args, ValueEnum};
 use ndarray::{ArrayD, ArrayViewD, Axis};
 use serde_json::{Value, json};
-use std::path::PathBuf;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 
 /// Bin-interval convention (`--edges`).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -54,20 +65,67 @@ pub enum InputArg {
     Logits,
 }
 
+/// Which cases of a dataset are scored (`--split`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SplitArg {
+    /// `imagesTs`/`labelsTs`.
+    Test,
+    /// `imagesTr`/`labelsTr`.
+    Train,
+    /// Training cases, then test cases.
+    All,
+}
+
+impl SplitArg {
+    fn name(self) -> &'static str {
+        match self {
+            SplitArg::Test => "test",
+            SplitArg::Train => "train",
+            SplitArg::All => "all",
+        }
+    }
+}
+
 /// Arguments of `calseg eval`. The flag names and JSON keys are a contract.
 #[derive(Args, Debug)]
 pub struct EvalArgs {
     /// Probabilities: .npy (K, *spatial) f32/f64; .safetensors (tensor `probs`, or the only
     /// tensor) (K, *spatial); .nii/.nii.gz 4D with classes on the last axis.
-    #[arg(long, value_name = "P")]
-    pub probs: PathBuf,
+    #[arg(
+        long,
+        value_name = "P",
+        required_unless_present = "data",
+        conflicts_with = "data"
+    )]
+    pub probs: Option<PathBuf>,
     /// Ground-truth label map: .npy integer array or .nii/.nii.gz.
-    #[arg(long, value_name = "Y")]
-    pub labels: PathBuf,
+    #[arg(
+        long,
+        value_name = "Y",
+        required_unless_present = "data",
+        conflicts_with = "data"
+    )]
+    pub labels: Option<PathBuf>,
     /// A hard predicted label map, evaluated for overlap (Dice, IoU, HD95) instead of the
-    /// argmax of the probabilities.
-    #[arg(long, value_name = "L")]
+    /// argmax of the probabilities (single-file mode only).
+    #[arg(long, value_name = "L", conflicts_with = "data")]
     pub pred: Option<PathBuf>,
+    /// Dataset mode: a Decathlon / nnU-Net v2 dataset folder (dataset.json, imagesTr,
+    /// labelsTr, imagesTs, labelsTs) whose label maps are the ground truth.
+    #[arg(long, value_name = "DIR", requires = "predictions")]
+    pub data: Option<PathBuf>,
+    /// Dataset mode: folder with one probability file per case, CASE.nii.gz / CASE.nii
+    /// (classes last), CASE.safetensors or CASE.npy ((K, *spatial)).
+    #[arg(long, value_name = "DIR", requires = "data")]
+    pub predictions: Option<PathBuf>,
+    /// Dataset mode: cases to score (default: test if the dataset has test labels, else
+    /// train).
+    #[arg(long, value_enum, requires = "data")]
+    pub split: Option<SplitArg>,
+    /// Dataset mode: write reliability_CASE.png per case and reliability_pooled.png here
+    /// (the folder is created if needed).
+    #[arg(long, value_name = "DIR", requires = "data")]
+    pub plot_dir: Option<PathBuf>,
     /// Number of equal-width confidence bins.
     #[arg(long, default_value_t = 15)]
     pub bins: usize,
@@ -77,7 +135,8 @@ pub struct EvalArgs {
     /// Voxels that count for calibration and proper scores.
     #[arg(long, value_enum, default_value_t = RegionArg::All)]
     pub region: RegionArg,
-    /// ROI mask (non-zero = inside), required by `--region mask`.
+    /// ROI mask (non-zero = inside), required by `--region mask`. In dataset mode a folder
+    /// with one mask per case (CASE.nii.gz, .nii, .npy, .safetensors or .png).
     #[arg(long, value_name = "M")]
     pub mask: Option<PathBuf>,
     /// Label index of the background class.
@@ -89,8 +148,8 @@ pub struct EvalArgs {
     /// Also compute HD95 per class (mm; costs a distance transform per class).
     #[arg(long)]
     pub hd95: bool,
-    /// Write a reliability diagram (.png or .svg).
-    #[arg(long, value_name = "FILE")]
+    /// Write a reliability diagram (.png or .svg) (single-file mode; see --plot-dir).
+    #[arg(long, value_name = "FILE", conflicts_with = "data")]
     pub plot: Option<PathBuf>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
@@ -161,11 +220,24 @@ fn io_bad(e: calseg_io::IoError) -> CliError {
     CliError::BadInput(e.to_string())
 }
 
-/// Runs `calseg eval`.
+/// Runs `calseg eval`: dataset mode when `--data` is given, else single-file mode.
 pub fn run(args: EvalArgs) -> CliResult {
     args.check()?;
-    let probs = calseg_io::read_probs(&args.probs).map_err(io_bad)?;
-    let labels = calseg_io::read_labels(&args.labels).map_err(io_bad)?;
+    match (&args.data, &args.predictions) {
+        (Some(data), Some(predictions)) => run_dataset(&args, data, predictions),
+        _ => run_single(&args),
+    }
+}
+
+/// Single-file mode: `--probs P --labels Y`.
+fn run_single(args: &EvalArgs) -> CliResult {
+    let (Some(probs_path), Some(labels_path)) = (&args.probs, &args.labels) else {
+        return Err(bad(
+            "give --probs P and --labels Y, or --data DIR and --predictions DIR".to_owned(),
+        ));
+    };
+    let probs = calseg_io::read_probs(probs_path).map_err(io_bad)?;
+    let labels = calseg_io::read_labels(labels_path).map_err(io_bad)?;
     let mask = args
         .mask
         .as_ref()
@@ -179,7 +251,7 @@ pub fn run(args: EvalArgs) -> CliResult {
         .transpose()
         .map_err(io_bad)?;
     let context = || {
-        let mut files = format!("{} against {}", args.probs.display(), args.labels.display());
+        let mut files = format!("{} against {}", probs_path.display(), labels_path.display());
         if let Some(m) = &args.mask {
             files += &format!(" (mask {})", m.display());
         }
@@ -190,18 +262,28 @@ pub fn run(args: EvalArgs) -> CliResult {
     };
     let config = args.config();
     let report = match &probs.probs {
-        FloatArray::F32(p) => evaluate_one(p.view(), &labels, mask.as_ref(), pred.as_ref(), config),
-        FloatArray::F64(p) => evaluate_one(p.view(), &labels, mask.as_ref(), pred.as_ref(), config),
+        FloatArray::F32(p) => accumulate(
+            p.view(),
+            &labels.labels,
+            mask.as_ref(),
+            pred.as_ref(),
+            config,
+        ),
+        FloatArray::F64(p) => accumulate(
+            p.view(),
+            &labels.labels,
+            mask.as_ref(),
+            pred.as_ref(),
+            config,
+        ),
     }
+    .and_then(|ev| ev.finish())
     .map_err(|e| bad(format!("evaluating {}: {e}", context())))?;
 
     let hd95 = if args.hd95 {
         let predicted = match &pred {
             Some(p) => p.labels.clone(),
-            None => match &probs.probs {
-                FloatArray::F32(p) => argmax(p.view()),
-                FloatArray::F64(p) => argmax(p.view()),
-            },
+            None => argmax_of(&probs.probs),
         };
         let spacing = &labels.geometry.spacing;
         Some(
@@ -218,31 +300,485 @@ pub fn run(args: EvalArgs) -> CliResult {
     };
 
     if let Some(path) = &args.plot {
-        let opts = PlotOptions {
-            title: format!("ECE = {:.4} ({} bins)", report.ece, report.n_bins),
-            ..PlotOptions::default()
-        };
-        reliability_diagram(&report.reliability, &opts, path)
-            .map_err(|e| CliError::Failed(format!("--plot {}: {e}", path.display())))?;
+        plot_reliability(&report, "", path)?;
     }
 
     if args.json {
         println!("{}", to_json(&report, hd95.as_deref()));
     } else {
-        print!("{}", to_table(&report, hd95.as_deref(), &args));
+        print!(
+            "{}",
+            to_table(&report, hd95.as_deref(), args, probs_path, labels_path)
+        );
     }
     Ok(())
 }
 
-/// One pass of the [`Evaluator`] over the inputs.
-fn evaluate_one<T: Probability>(
+/// Writes the reliability diagram of `report` to `path`, titled with its ECE (after
+/// `prefix`, e.g. the case id).
+fn plot_reliability(report: &Report, prefix: &str, path: &Path) -> CliResult {
+    let opts = PlotOptions {
+        title: format!("{prefix}ECE = {:.4} ({} bins)", report.ece, report.n_bins),
+        ..PlotOptions::default()
+    };
+    reliability_diagram(&report.reliability, &opts, path)
+        .map_err(|e| CliError::Failed(format!("plot {}: {e}", path.display())))
+}
+
+/// Arg-max label map of a probability map of either precision.
+fn argmax_of(probs: &FloatArray) -> ArrayD<u32> {
+    match probs {
+        FloatArray::F32(p) => argmax(p.view()),
+        FloatArray::F64(p) => argmax(p.view()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Dataset mode
+// ---------------------------------------------------------------------------------------
+
+/// File endings of prediction files, in the order they are looked for.
+const PREDICTION_ENDINGS: [&str; 4] = [".nii.gz", ".nii", ".safetensors", ".npy"];
+/// File endings of per-case masks (`--mask DIR` in dataset mode).
+const MASK_ENDINGS: [&str; 5] = [".nii.gz", ".nii", ".npy", ".safetensors", ".png"];
+
+/// A case to score: its dataset entry and the files found for it.
+struct CaseFiles<'a> {
+    case: &'a CaseRef,
+    prediction: PathBuf,
+    mask: Option<PathBuf>,
+}
+
+/// The one file `DIR/ID<ending>` for one of `endings`: an error naming the expected
+/// files when there is none, and naming both when two endings match (ambiguous).
+fn find_case_file(dir: &Path, id: &str, endings: &[&str], what: &str) -> Result<PathBuf, CliError> {
+    let found: Vec<PathBuf> = endings
+        .iter()
+        .map(|e| dir.join(format!("{id}{e}")))
+        .filter(|p| p.is_file())
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(bad(format!(
+            "case {id}: no {what} {} (looked for {} with ending {})",
+            dir.join(format!("{id}{}", endings[0])).display(),
+            dir.join(id).display(),
+            endings.join(", ")
+        ))),
+        [a, b, ..] => Err(bad(format!(
+            "case {id}: two {what} files, {} and {}; keep one",
+            a.display(),
+            b.display()
+        ))),
+    }
+}
+
+/// The split scored when `--split` is not given: test if any test case has a label file
+/// in `labelsTs`, else train.
+fn default_split(ds: &Dataset, root: &Path) -> SplitArg {
+    let ending = &ds.info().file_ending;
+    let labelled = ds.test_cases().iter().any(|c| {
+        root.join("labelsTs")
+            .join(format!("{}{ending}", c.id))
+            .is_file()
+    });
+    if labelled {
+        SplitArg::Test
+    } else {
+        SplitArg::Train
+    }
+}
+
+/// Everything computed for one case.
+struct CaseResult {
+    id: String,
+    report: Report,
+    hd95: Option<Vec<f64>>,
+}
+
+/// Dataset mode: `--data DIR --predictions DIR`.
+fn run_dataset(args: &EvalArgs, data: &Path, predictions: &Path) -> CliResult {
+    if !predictions.is_dir() {
+        return Err(bad(format!(
+            "--predictions {}: not a folder",
+            predictions.display()
+        )));
+    }
+    if let Some(m) = &args.mask {
+        if !m.is_dir() {
+            return Err(bad(format!(
+                "--mask {}: in dataset mode, a folder with one mask per case",
+                m.display()
+            )));
+        }
+    }
+    let ds = Dataset::open(data).map_err(io_bad)?;
+    let split = args.split.unwrap_or_else(|| default_split(&ds, data));
+    let cases: Vec<&CaseRef> = match split {
+        SplitArg::Train => ds.training_cases().iter().collect(),
+        SplitArg::Test => ds.test_cases().iter().collect(),
+        SplitArg::All => ds.training_cases().iter().chain(ds.test_cases()).collect(),
+    };
+    if cases.is_empty() {
+        return Err(bad(format!(
+            "{}: the dataset has no {} case",
+            data.display(),
+            split.name()
+        )));
+    }
+    let mut ids = BTreeSet::new();
+    if let Some(dup) = cases.iter().find(|c| !ids.insert(c.id.as_str())) {
+        return Err(bad(format!(
+            "{}: case id {} is both a training and a test case; score one split at a time",
+            data.display(),
+            dup.id
+        )));
+    }
+    // Locate every file first: a missing prediction fails before any work.
+    let files = cases
+        .iter()
+        .map(|case| {
+            Ok(CaseFiles {
+                case,
+                prediction: find_case_file(
+                    predictions,
+                    &case.id,
+                    &PREDICTION_ENDINGS,
+                    "prediction",
+                )?,
+                mask: args
+                    .mask
+                    .as_deref()
+                    .map(|dir| find_case_file(dir, &case.id, &MASK_ENDINGS, "mask"))
+                    .transpose()?,
+            })
+        })
+        .collect::<Result<Vec<_>, CliError>>()?;
+    if let Some(dir) = &args.plot_dir {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            CliError::Failed(format!(
+                "--plot-dir {}: cannot create it: {e}",
+                dir.display()
+            ))
+        })?;
+    }
+
+    let config = args.config();
+    let n_classes = ds.info().num_classes();
+    let mut pooled =
+        Evaluator::new(config.clone()).map_err(|e| bad(format!("invalid option: {e}")))?;
+    let mut results = Vec::with_capacity(files.len());
+    for f in &files {
+        let (ev, result) = score_case(args, &ds, f, n_classes, config.clone())?;
+        pooled.merge(&ev).map_err(|e| {
+            bad(format!(
+                "case {}: {}: {e}",
+                result.id,
+                f.prediction.display()
+            ))
+        })?;
+        if let Some(dir) = &args.plot_dir {
+            let path = dir.join(format!("reliability_{}.png", result.id));
+            plot_reliability(&result.report, &format!("{}: ", result.id), &path)?;
+        }
+        results.push(result);
+    }
+    let pooled = pooled
+        .finish()
+        .map_err(|e| bad(format!("{}: pooled metrics: {e}", data.display())))?;
+    let reports: Vec<Report> = results.iter().map(|r| r.report.clone()).collect();
+    let macro_report = macro_average(&reports)
+        .map_err(|e| bad(format!("{}: macro average: {e}", data.display())))?;
+    let macro_hd95 = args.hd95.then(|| {
+        (0..n_classes)
+            .map(|c| {
+                nanmean(
+                    results
+                        .iter()
+                        .filter_map(|r| r.hd95.as_ref().and_then(|h| h.get(c).copied())),
+                )
+            })
+            .collect::<Vec<f64>>()
+    });
+    if let Some(dir) = &args.plot_dir {
+        plot_reliability(&pooled, "pooled: ", &dir.join("reliability_pooled.png"))?;
+    }
+
+    if args.json {
+        let cases: serde_json::Map<String, Value> = results
+            .iter()
+            .map(|r| (r.id.clone(), to_json(&r.report, r.hd95.as_deref())))
+            .collect();
+        let out = json!({
+            "split": split.name(),
+            "n_cases": results.len(),
+            "cases": cases,
+            "pooled": to_json(&pooled, None),
+            "macro": macro_json(&macro_report, macro_hd95.as_deref()),
+        });
+        println!("{out}");
+    } else {
+        print!(
+            "{}",
+            dataset_table(
+                &results,
+                &pooled,
+                &macro_report,
+                macro_hd95.as_deref(),
+                args,
+                data,
+                predictions,
+                split
+            )
+        );
+    }
+    Ok(())
+}
+
+/// Loads and scores one case: its own evaluator (to merge into the pooled one) and its
+/// report. Class or shape mismatches are bad input naming the prediction file.
+fn score_case(
+    args: &EvalArgs,
+    ds: &Dataset,
+    f: &CaseFiles<'_>,
+    n_classes: usize,
+    config: MetricConfig,
+) -> Result<(Evaluator, CaseResult), CliError> {
+    let id = &f.case.id;
+    let pred_name = f.prediction.display();
+    let case = ds.load_case(f.case).map_err(io_bad)?;
+    let labels = case.label.ok_or_else(|| {
+        bad(format!(
+            "case {id}: the dataset has no label file for it (split {:?})",
+            f.case.split
+        ))
+    })?;
+    let probs = calseg_io::read_probs(&f.prediction).map_err(io_bad)?;
+    let shape = probs.probs.shape();
+    if shape.first() != Some(&n_classes) {
+        return Err(bad(format!(
+            "case {id}: {pred_name} has {} classes (shape {shape:?}, classes first), \
+             dataset.json declares {n_classes}",
+            shape.first().copied().unwrap_or(0)
+        )));
+    }
+    if shape[1..] != *labels.shape() {
+        return Err(bad(format!(
+            "case {id}: {pred_name} has spatial shape {:?}, the label map has {:?}",
+            &shape[1..],
+            labels.shape()
+        )));
+    }
+    let mask = f
+        .mask
+        .as_ref()
+        .map(calseg_io::read_labels)
+        .transpose()
+        .map_err(io_bad)?;
+    let context = || match &f.mask {
+        Some(m) => format!("case {id}: {pred_name} (mask {})", m.display()),
+        None => format!("case {id}: {pred_name}"),
+    };
+    let ev = match &probs.probs {
+        FloatArray::F32(p) => accumulate(p.view(), &labels, mask.as_ref(), None, config),
+        FloatArray::F64(p) => accumulate(p.view(), &labels, mask.as_ref(), None, config),
+    }
+    .map_err(|e| bad(format!("{}: {e}", context())))?;
+    let report = ev
+        .finish()
+        .map_err(|e| bad(format!("{}: {e}", context())))?;
+    let hd95 = if args.hd95 {
+        let predicted = argmax_of(&probs.probs);
+        Some(
+            hd95_per_class(
+                predicted.view(),
+                labels.view(),
+                report.n_classes,
+                &case.geometry.spacing,
+            )
+            .map_err(|e| bad(format!("HD95 of {}: {e}", context())))?,
+        )
+    } else {
+        None
+    };
+    Ok((
+        ev,
+        CaseResult {
+            id: id.clone(),
+            report,
+            hd95,
+        },
+    ))
+}
+
+/// The JSON object of a macro average: the [`MacroReport`] fields (`NaN` → `null`), plus
+/// `hd95` (per class, mean over cases) when computed.
+fn macro_json(m: &MacroReport, hd95: Option<&[f64]>) -> Value {
+    let num = |x: f64| if x.is_finite() { json!(x) } else { Value::Null };
+    let nums = |xs: &[f64]| Value::Array(xs.iter().map(|&x| num(x)).collect());
+    let mut out = json!({
+        "n_cases": m.n_cases,
+        "ece": num(m.ece),
+        "mce": num(m.mce),
+        "rmsce": num(m.rmsce),
+        "ace": num(m.ace),
+        "cece": num(m.cece),
+        "class_ece": nums(&m.class_ece),
+        "accuracy": num(m.accuracy),
+        "mean_confidence": num(m.mean_confidence),
+        "brier": num(m.brier),
+        "nll": num(m.nll),
+        "dice": nums(&m.dice),
+        "dice_mean_fg": num(m.dice_mean_fg),
+        "iou": nums(&m.iou),
+        "iou_mean_fg": num(m.iou_mean_fg),
+    });
+    if let (Some(h), Some(obj)) = (hd95, out.as_object_mut()) {
+        obj.insert("hd95".to_owned(), nums(h));
+    }
+    out
+}
+
+/// NaN-skipping mean of `per_class` over the classes other than `background`.
+fn mean_fg(per_class: &[f64], background: u32) -> f64 {
+    nanmean(
+        per_class
+            .iter()
+            .enumerate()
+            .filter(|&(c, _)| c != background as usize)
+            .map(|(_, &v)| v),
+    )
+}
+
+/// The readable report of dataset mode: one row per case, then pooled and macro rows,
+/// then per-class Dice and class-wise ECE of the pooled and macro results.
+#[allow(clippy::too_many_arguments)]
+fn dataset_table(
+    results: &[CaseResult],
+    pooled: &Report,
+    macro_report: &MacroReport,
+    macro_hd95: Option<&[f64]>,
+    args: &EvalArgs,
+    data: &Path,
+    predictions: &Path,
+    split: SplitArg,
+) -> String {
+    use std::fmt::Write;
+    let f = |x: f64| {
+        if x.is_finite() {
+            format!("{x:.4}")
+        } else {
+            "-".to_owned()
+        }
+    };
+    let hd = args.hd95;
+    let mut s = String::new();
+    let _ = writeln!(s, "dataset     {}", data.display());
+    let _ = writeln!(s, "predictions {}", predictions.display());
+    let _ = writeln!(
+        s,
+        "{} {} cases, {} classes ({} bins, edges {}, region {})\n",
+        results.len(),
+        split.name(),
+        pooled.n_classes,
+        pooled.n_bins,
+        pooled.edges,
+        args.config().region
+    );
+    let width = results
+        .iter()
+        .map(|r| r.id.len())
+        .chain([6])
+        .max()
+        .unwrap_or(6);
+    let _ = writeln!(
+        s,
+        "{:<width$} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}{}",
+        "case",
+        "voxels",
+        "ECE",
+        "MCE",
+        "ACE",
+        "CECE",
+        "Brier",
+        "NLL",
+        "Dice fg",
+        if hd { "  HD95 fg" } else { "" }
+    );
+    let mut row = |name: &str, n: String, r: [f64; 7], hd95: Option<f64>| {
+        let _ = write!(s, "{name:<width$} {n:>10}");
+        for v in r {
+            let _ = write!(s, " {:>8}", f(v));
+        }
+        if let Some(h) = hd95 {
+            let _ = write!(s, " {:>8}", f(h));
+        }
+        s.push('\n');
+    };
+    let bg = args.background;
+    for r in results {
+        let p = &r.report;
+        row(
+            &r.id,
+            p.n_voxels.to_string(),
+            [p.ece, p.mce, p.ace, p.cece, p.brier, p.nll, p.dice_mean_fg],
+            r.hd95.as_deref().map(|h| mean_fg(h, bg)),
+        );
+    }
+    row(
+        "pooled",
+        pooled.n_voxels.to_string(),
+        [
+            pooled.ece,
+            pooled.mce,
+            pooled.ace,
+            pooled.cece,
+            pooled.brier,
+            pooled.nll,
+            pooled.dice_mean_fg,
+        ],
+        hd.then_some(f64::NAN),
+    );
+    let m = macro_report;
+    row(
+        "macro",
+        String::new(),
+        [m.ece, m.mce, m.ace, m.cece, m.brier, m.nll, m.dice_mean_fg],
+        macro_hd95.map(|h| mean_fg(h, bg)),
+    );
+    let _ = writeln!(
+        s,
+        "\nclass  Dice pooled  Dice macro  class-ECE pooled  class-ECE macro{}",
+        if hd { "  HD95 macro" } else { "" }
+    );
+    for c in 0..pooled.n_classes {
+        let at = |v: &[f64]| v.get(c).copied().unwrap_or(f64::NAN);
+        let _ = write!(
+            s,
+            "{c:>5} {:>12} {:>11} {:>17} {:>16}",
+            f(at(&pooled.dice)),
+            f(at(&m.dice)),
+            f(at(&pooled.class_ece)),
+            f(at(&m.class_ece))
+        );
+        if let Some(h) = macro_hd95 {
+            let _ = write!(s, " {:>11}", f(at(h)));
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// One pass of a fresh [`Evaluator`] over the inputs; the evaluator is returned so that
+/// dataset mode can merge it into the pooled one.
+fn accumulate<T: Probability>(
     probs: ArrayViewD<'_, T>,
-    labels: &LabelMap,
+    labels: &ArrayD<u32>,
     mask: Option<&LabelMap>,
     pred: Option<&LabelMap>,
     config: MetricConfig,
-) -> Result<Report, MetricsError> {
-    let mut input = Input::new(probs, labels.labels.view())?;
+) -> Result<Evaluator, MetricsError> {
+    let mut input = Input::new(probs, labels.view())?;
     if let Some(m) = mask {
         input = input.with_mask(m.labels.view())?;
     }
@@ -251,7 +787,7 @@ fn evaluate_one<T: Probability>(
     }
     let mut ev = Evaluator::new(config)?;
     ev.update_input(&input)?;
-    ev.finish()
+    Ok(ev)
 }
 
 /// Arg-max over axis 0 of `(K, *spatial)`; the first maximal class wins ties, as
@@ -319,7 +855,13 @@ fn to_json(r: &Report, hd95: Option<&[f64]>) -> Value {
 }
 
 /// The readable report.
-fn to_table(r: &Report, hd95: Option<&[f64]>, args: &EvalArgs) -> String {
+fn to_table(
+    r: &Report,
+    hd95: Option<&[f64]>,
+    args: &EvalArgs,
+    probs: &Path,
+    labels: &Path,
+) -> String {
     use std::fmt::Write;
     let f = |x: f64| {
         if x.is_finite() {
@@ -329,8 +871,8 @@ fn to_table(r: &Report, hd95: Option<&[f64]>, args: &EvalArgs) -> String {
         }
     };
     let mut s = String::new();
-    let _ = writeln!(s, "probs  {}", args.probs.display());
-    let _ = writeln!(s, "labels {}", args.labels.display());
+    let _ = writeln!(s, "probs  {}", probs.display());
+    let _ = writeln!(s, "labels {}", labels.display());
     let _ = writeln!(
         s,
         "{} classes, {} voxels scored of {} ({} bins, edges {}, region {})\n",
