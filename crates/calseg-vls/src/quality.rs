@@ -1,0 +1,191 @@
+//! How close soft labels are to the true class probabilities, and the soft labels of the
+//! methods VLS is compared with.
+//!
+//! ```text
+//! TV(Y, P) = mean_{voxels in mask} ½ Σ_k |Y_k − P_k|             (0 = identical, 1 = disjoint)
+//! hard     = onehot(y)
+//! LS(ε)    = (1 − ε) · onehot(y) + ε / K
+//! SVLS(σ)  = ½ · onehot(y)(c) + ½ · Σ_{n ≠ c} w_n · onehot(y)(n),   w_n ∝ exp(−|n − c|² / 2σ²)
+//! ```
+//!
+//! SVLS (Islam & Glocker, 2021) uses the 3^d neighbourhood (8 neighbours in 2D, 26 in
+//! 3D) with replicate padding at the borders; its weights are normalised over the
+//! neighbours, so the centre keeps ½ and the neighbours share ½.
+//!
+//! On the embedded ICBM152 template, against `icbm152::true_probs()` inside
+//! `icbm152::brain_mask()`, the table "hard / LS / SVLS / VLS y_s / VLS Y_s" is built
+//! with [`baselines`] plus [`tv_distance`] of the VLS maps (see the crate README).
+
+use crate::error::{Result, VlsError};
+use crate::mix::one_hot;
+use ndarray::{ArrayD, ArrayViewD, IxDyn};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// Mean total-variation distance `½ Σ_k |a_k − b_k|` per voxel between two maps
+/// `(K, *spatial)`, over the voxels where `mask` is true (all voxels without a mask).
+/// An empty mask gives 0.
+///
+/// ```
+/// use ndarray::ArrayD;
+/// let a = ArrayD::from_shape_vec(vec![2, 2], vec![1.0f32, 0.0, 0.0, 1.0])?;
+/// let b = ArrayD::from_shape_vec(vec![2, 2], vec![0.5f32, 0.0, 0.5, 1.0])?;
+/// assert_eq!(calseg_vls::quality::tv_distance(&a, &a, None)?, 0.0);
+/// assert_eq!(calseg_vls::quality::tv_distance(&a, &b, None)?, 0.25); // voxel 0: ½, voxel 1: 0
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn tv_distance(a: &ArrayD<f32>, b: &ArrayD<f32>, mask: Option<&ArrayD<bool>>) -> Result<f64> {
+    if a.shape() != b.shape() || a.ndim() < 2 {
+        return Err(VlsError::Shape(format!(
+            "TV distance needs two (K, *spatial) maps of one shape, got {:?} and {:?}",
+            a.shape(),
+            b.shape()
+        )));
+    }
+    if let Some(m) = mask
+        && m.shape() != &a.shape()[1..]
+    {
+        return Err(VlsError::Shape(format!(
+            "mask {:?} does not match maps {:?}",
+            m.shape(),
+            a.shape()
+        )));
+    }
+    let k = a.shape()[0];
+    let v = a.len() / k.max(1);
+    let a = a.as_standard_layout();
+    let b = b.as_standard_layout();
+    let (Some(sa), Some(sb)) = (a.as_slice(), b.as_slice()) else {
+        return Err(VlsError::Shape("maps not contiguous".into()));
+    };
+    let mask: Option<Vec<bool>> = mask.map(|m| m.iter().copied().collect());
+    let (sum, n) = (0..v)
+        .into_par_iter()
+        .filter(|&i| mask.as_ref().is_none_or(|m| m[i]))
+        .map(|i| {
+            let d: f64 = (0..k)
+                .map(|c| (f64::from(sa[c * v + i]) - f64::from(sb[c * v + i])).abs())
+                .sum();
+            (0.5 * d, 1usize)
+        })
+        .reduce(|| (0.0, 0), |x, y| (x.0 + y.0, x.1 + y.1));
+    Ok(if n == 0 { 0.0 } else { sum / n as f64 })
+}
+
+/// Uniform label smoothing `(1 − ε)·onehot(y) + ε/K`, `(K, *spatial)`; ε ∈ [0, 1].
+pub fn uniform_ls(labels: &ArrayViewD<'_, u32>, k: usize, eps: f64) -> Result<ArrayD<f32>> {
+    if !(0.0..=1.0).contains(&eps) {
+        return Err(VlsError::Config(format!(
+            "LS epsilon must be in [0, 1], got {eps}"
+        )));
+    }
+    let oh = one_hot(labels, k)?;
+    Ok(oh * (1.0 - eps as f32) + (eps / k as f64) as f32)
+}
+
+/// Spatially varying label smoothing (SVLS) with a 3^d Gaussian kernel of width `sigma`
+/// (see the module docs), `(K, *spatial)`; any number of spatial axes.
+pub fn svls(labels: &ArrayViewD<'_, u32>, k: usize, sigma: f64) -> Result<ArrayD<f32>> {
+    if !(sigma.is_finite() && sigma > 0.0) {
+        return Err(VlsError::Config(format!(
+            "SVLS sigma must be > 0, got {sigma}"
+        )));
+    }
+    let shape = labels.shape().to_vec();
+    let nd = shape.len();
+    if nd == 0 {
+        return Err(VlsError::Shape(
+            "SVLS needs at least one spatial axis".into(),
+        ));
+    }
+    let lab: Vec<u32> = labels.iter().copied().collect();
+    if let Some(&bad) = lab.iter().find(|&&l| l as usize >= k) {
+        return Err(VlsError::Shape(format!(
+            "label {bad} ≥ number of classes {k}"
+        )));
+    }
+    // Offsets in {−1, 0, 1}^d without the centre, with their normalised weights.
+    let mut offsets: Vec<(Vec<isize>, f64)> = Vec::new();
+    for code in 0..3usize.pow(nd as u32) {
+        let mut c = code;
+        let off: Vec<isize> = (0..nd)
+            .map(|_| {
+                let o = (c % 3) as isize - 1;
+                c /= 3;
+                o
+            })
+            .collect();
+        if off.iter().all(|&o| o == 0) {
+            continue;
+        }
+        let r2: f64 = off.iter().map(|&o| (o * o) as f64).sum();
+        offsets.push((off, (-r2 / (2.0 * sigma * sigma)).exp()));
+    }
+    let wsum: f64 = offsets.iter().map(|(_, w)| w).sum();
+    let mut strides = vec![1usize; nd];
+    for d in (0..nd - 1).rev() {
+        strides[d] = strides[d + 1] * shape[d + 1];
+    }
+    let v = lab.len();
+    let mut vk = vec![0.0f32; v * k];
+    vk.par_chunks_mut(k).enumerate().for_each(|(i, row)| {
+        let mut acc = vec![0.0f64; k];
+        acc[lab[i] as usize] += 0.5;
+        for (off, w) in &offsets {
+            let mut j = 0usize;
+            for d in 0..nd {
+                let p = ((i / strides[d]) % shape[d]) as isize + off[d];
+                let p = p.clamp(0, shape[d] as isize - 1) as usize;
+                j += p * strides[d];
+            }
+            acc[lab[j] as usize] += 0.5 * w / wsum;
+        }
+        for (r, a) in row.iter_mut().zip(&acc) {
+            *r = *a as f32;
+        }
+    });
+    let mut out = vec![0.0f32; v * k];
+    for (i, row) in vk.chunks(k).enumerate() {
+        for (c, &x) in row.iter().enumerate() {
+            out[c * v + i] = x;
+        }
+    }
+    let mut full = vec![k];
+    full.extend_from_slice(&shape);
+    ArrayD::from_shape_vec(IxDyn(&full), out).map_err(|e| VlsError::Shape(e.to_string()))
+}
+
+/// One row of a soft-label quality table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QualityRow {
+    /// Method name (`hard`, `LS(0.1)`, `SVLS(σ=1)`, `VLS y_s`, …).
+    pub method: String,
+    /// Mean TV distance to the true probabilities inside the mask.
+    pub tv: f64,
+}
+
+/// TV distance to `truth (K, *spatial)` inside `mask` of the baseline soft labels built
+/// from `labels`: hard one-hot, uniform LS(`ls_eps`) and SVLS(σ = `svls_sigma`).
+pub fn baselines(
+    labels: &ArrayViewD<'_, u32>,
+    truth: &ArrayD<f32>,
+    mask: Option<&ArrayD<bool>>,
+    ls_eps: f64,
+    svls_sigma: f64,
+) -> Result<Vec<QualityRow>> {
+    let k = truth.shape().first().copied().unwrap_or(0);
+    let row = |method: String, y: ArrayD<f32>| -> Result<QualityRow> {
+        Ok(QualityRow {
+            method,
+            tv: tv_distance(&y, truth, mask)?,
+        })
+    };
+    Ok(vec![
+        row("hard".into(), one_hot(labels, k)?)?,
+        row(format!("LS({ls_eps})"), uniform_ls(labels, k, ls_eps)?)?,
+        row(
+            format!("SVLS(σ={svls_sigma})"),
+            svls(labels, k, svls_sigma)?,
+        )?,
+    ])
+}

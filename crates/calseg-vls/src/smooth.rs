@@ -1,0 +1,399 @@
+//! Soft labels from a trained [`VlsModel`]: `y_s` (mean of m sampled segmentations),
+//! temperature, and the mix `Y_s` (see [`crate::mix`]).
+//!
+//! ```text
+//! f      = trunk(x)                          once per image (or batch of slices)
+//! a      = W_f · f                           once            (n, K, *sp)
+//! z_s    ~ q(z|x,y)  or  N(0, I),  s = 1..m  (seeded)
+//! p_s    = softmax(a + W_z · z_s + b)        per sample: an add and a softmax per voxel
+//! y_s    = (1/m) Σ_s p_s
+//! Y_s    = (1 − α) · onehot(y) + α · softmax(log(y_s) / τ)
+//! ```
+//!
+//! The trunk (the expensive part) runs **once** per image; the m samples only re-run the
+//! 1×1 head's latent offset and a softmax, in one fused multi-threaded pass that also
+//! accumulates the per-voxel variance across samples ([`SmoothStats::sample_variance`],
+//! the evidence that the samples differ, i.e. the latent did not collapse).
+//!
+//! **Input normalisation.** [`smooth_case`] z-scores each image channel over its nonzero
+//! voxels ([`calseg_io::preprocess::zscore_nonzero`]), exactly what the segmentation
+//! trainer does, so the model sees the intensities it was trained on. [`smooth_volume`]
+//! takes an already-normalised image.
+//!
+//! **Geometry.** A model of the case's dimensionality processes the whole volume; a 2D
+//! model on a 3D case processes axial slices (along the last spatial axis), `batch` at a
+//! time. Spatial sizes are zero-padded (labels with background) at the high end to a
+//! multiple of [`VlsConfig::multiple`](crate::VlsConfig::multiple) and cropped back.
+
+use crate::error::{Result, VlsError};
+use crate::mix::{label_disagreement, mean_entropy, mix, temperature};
+use crate::model::VlsModel;
+use calseg_io::{Case, Geometry, NamedTensor, write_nifti_probs, write_safetensors};
+use calseg_seg::convert::array_to_tensor;
+use candle_core::{DType, Tensor};
+use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn, Slice};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Where the latent samples come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LatentSource {
+    /// The approximate posterior `q(z|x,y)` of the case's image and labels (the paper).
+    #[default]
+    Posterior,
+    /// The prior `N(0, I)` (label-free).
+    Prior,
+}
+
+/// How to produce soft labels. Defaults: m = 16, τ = 1, α = 0.5, posterior, seed 0,
+/// 8 slices per forward pass.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SmoothConfig {
+    /// Number m of latent samples averaged into `y_s` (≥ 1).
+    pub samples: usize,
+    /// Temperature τ > 0 of `y_s^τ = softmax(log(y_s)/τ)`; τ < 1 sharpens.
+    pub tau: f64,
+    /// Mixing weight α ∈ [0, 1] of `Y_s = (1−α)·y + α·y_s^τ`; α ≤ 0.5 never flips a label.
+    pub alpha: f64,
+    /// Posterior or prior samples.
+    pub from: LatentSource,
+    /// Seed of the latent noise (mixed with the case id in [`smooth_case`]).
+    pub seed: u64,
+    /// 2D model on a 3D case: slices per forward pass (≥ 1).
+    pub batch: usize,
+}
+
+impl Default for SmoothConfig {
+    fn default() -> Self {
+        Self {
+            samples: 16,
+            tau: 1.0,
+            alpha: 0.5,
+            from: LatentSource::Posterior,
+            seed: 0,
+            batch: 8,
+        }
+    }
+}
+
+impl SmoothConfig {
+    /// Checks α ∈ [0, 1], τ > 0 (finite), m ≥ 1, batch ≥ 1.
+    pub fn validate(&self) -> Result<()> {
+        if !(0.0..=1.0).contains(&self.alpha) {
+            return Err(VlsError::Config(format!(
+                "alpha must be in [0, 1], got {}",
+                self.alpha
+            )));
+        }
+        if !(self.tau.is_finite() && self.tau > 0.0) {
+            return Err(VlsError::Config(format!(
+                "tau must be a finite number > 0, got {}",
+                self.tau
+            )));
+        }
+        if self.samples == 0 {
+            return Err(VlsError::Config("samples (m) must be ≥ 1".into()));
+        }
+        if self.batch == 0 {
+            return Err(VlsError::Config("batch must be ≥ 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Per-case report of [`smooth_case`] (over all voxels of the case).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SmoothStats {
+    /// Case id.
+    pub case: String,
+    /// Voxels of the case.
+    pub voxels: usize,
+    /// Samples m.
+    pub samples: usize,
+    /// Fraction of voxels where the hard label is not an argmax of `Y_s` (0 when α ≤ ½).
+    pub flipped_fraction: f64,
+    /// Mean entropy (nats) of `Y_s`.
+    pub mean_entropy: f64,
+    /// Mean entropy (nats) of `y_s^τ`.
+    pub mean_entropy_ys: f64,
+    /// Mean over voxels and classes of the variance of `p_s,k` across the m samples
+    /// (population variance; 0 iff all samples give the same segmentation).
+    pub sample_variance: f64,
+    /// Wall-clock seconds of the smoothing (model passes, mix and statistics).
+    pub seconds: f64,
+}
+
+/// Soft labels of one case.
+#[derive(Clone, Debug)]
+pub struct SoftLabels {
+    /// `y_s`: mean of the m sampled softmax maps, `(K, *spatial)`.
+    pub y_s: ArrayD<f32>,
+    /// `Y_s`: the mix, `(K, *spatial)` (what is written and trained on).
+    pub soft: ArrayD<f32>,
+    /// Statistics.
+    pub stats: SmoothStats,
+}
+
+/// A per-case seed: `seed` mixed with the FNV-1a hash of the case id (so that cases get
+/// different noise and one case's labels do not depend on which cases precede it).
+pub fn case_seed(seed: u64, case: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in case.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    seed ^ h
+}
+
+/// Soft labels of one dataset case (image z-scored over its nonzero voxels first; see the
+/// module docs). The latent noise is seeded with [`case_seed`]`(cfg.seed, case.id)`.
+pub fn smooth_case(model: &VlsModel, case: &Case, cfg: &SmoothConfig) -> Result<SoftLabels> {
+    cfg.validate()?;
+    let start = Instant::now();
+    let labels = case.label.as_ref().ok_or_else(|| {
+        VlsError::Config(format!("case {:?} has no label map to smooth", case.id))
+    })?;
+    let mut image = case.image.clone();
+    calseg_io::preprocess::zscore_nonzero(&mut image);
+    let mut c = cfg.clone();
+    c.seed = case_seed(cfg.seed, &case.id);
+    let (y_s, sample_variance) = smooth_volume(model, &image, labels, &c)?;
+    let y_tau = temperature(&y_s, cfg.tau)?;
+    let soft = mix(&labels.view(), &y_tau, cfg.alpha)?;
+    let stats = SmoothStats {
+        case: case.id.clone(),
+        voxels: labels.len(),
+        samples: cfg.samples,
+        flipped_fraction: label_disagreement(&soft, &labels.view())?,
+        mean_entropy: mean_entropy(&soft)?,
+        mean_entropy_ys: mean_entropy(&y_tau)?,
+        sample_variance,
+        seconds: start.elapsed().as_secs_f64(),
+    };
+    Ok(SoftLabels { y_s, soft, stats })
+}
+
+/// `y_s (K, *spatial)` of a normalised image `(C, *spatial)` and its labels `(*spatial)`,
+/// and the mean per-voxel variance across samples. Noise from `StdRng(cfg.seed)`.
+pub fn smooth_volume(
+    model: &VlsModel,
+    image: &ArrayD<f32>,
+    labels: &ArrayD<u32>,
+    cfg: &SmoothConfig,
+) -> Result<(ArrayD<f32>, f64)> {
+    cfg.validate()?;
+    let mc = model.config();
+    if image.ndim() < 3 || image.shape()[0] != mc.in_channels {
+        return Err(VlsError::Shape(format!(
+            "image must be ({}, *spatial), got {:?}",
+            mc.in_channels,
+            image.shape()
+        )));
+    }
+    if image.shape()[1..] != *labels.shape() {
+        return Err(VlsError::Shape(format!(
+            "labels {:?} do not match image {:?}",
+            labels.shape(),
+            image.shape()
+        )));
+    }
+    let nd = labels.ndim();
+    // Stacks (B, C, *sp2) and (B, *sp2) the model runs on.
+    let (imgs, labs, sliced) = if nd == mc.dims {
+        (
+            image.view().insert_axis(Axis(0)),
+            labels.view().insert_axis(Axis(0)),
+            false,
+        )
+    } else if mc.dims == 2 && nd == 3 {
+        (
+            image.view().permuted_axes(IxDyn(&[3, 0, 1, 2])),
+            labels.view().permuted_axes(IxDyn(&[2, 0, 1])),
+            true,
+        )
+    } else {
+        return Err(VlsError::Config(format!(
+            "a {}D model cannot smooth a {nd}D case",
+            mc.dims
+        )));
+    };
+    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    let total = imgs.shape()[0];
+    let (mut means, mut vars) = (Vec::new(), Vec::new());
+    let mut start = 0;
+    while start < total {
+        let end = (start + cfg.batch).min(total);
+        let im = imgs.slice_axis(Axis(0), Slice::from(start..end));
+        let lb = labs.slice_axis(Axis(0), Slice::from(start..end));
+        let (m, v) = smooth_batch(model, im, lb, cfg, &mut rng)?;
+        means.push(m);
+        vars.push(v);
+        start = end;
+    }
+    let cat = |parts: &[ArrayD<f32>]| -> Result<ArrayD<f32>> {
+        let views: Vec<_> = parts.iter().map(|a| a.view()).collect();
+        ndarray::concatenate(Axis(0), &views).map_err(|e| VlsError::Shape(e.to_string()))
+    };
+    let mean = cat(&means)?;
+    let var = cat(&vars)?;
+    let sample_variance = var.iter().map(|&x| f64::from(x)).sum::<f64>() / var.len().max(1) as f64;
+    let y_s = if sliced {
+        mean.permuted_axes(IxDyn(&[1, 2, 3, 0]))
+            .as_standard_layout()
+            .into_owned()
+    } else {
+        mean.index_axis_move(Axis(0), 0)
+    };
+    Ok((y_s, sample_variance))
+}
+
+/// Zero-pads the axes from `lead` on to multiples of `m` (at the high end).
+fn pad_to<T: Clone>(a: ArrayViewD<'_, T>, lead: usize, m: usize, fill: T) -> ArrayD<T> {
+    let mut shape = a.shape().to_vec();
+    for s in shape[lead..].iter_mut() {
+        *s = s.div_ceil(m) * m;
+    }
+    let mut out = ArrayD::from_elem(IxDyn(&shape), fill);
+    out.slice_each_axis_mut(|ax| Slice::from(0..a.shape()[ax.axis.index()]))
+        .assign(&a);
+    out
+}
+
+/// One forward batch: images `(b, C, *sp)`, labels `(b, *sp)` → mean `(b, K, *sp)` and
+/// per-voxel variance `(b, *sp)` (mean over classes), cropped back to `*sp`.
+fn smooth_batch(
+    model: &VlsModel,
+    images: ArrayViewD<'_, f32>,
+    labels: ArrayViewD<'_, u32>,
+    cfg: &SmoothConfig,
+    rng: &mut StdRng,
+) -> Result<(ArrayD<f32>, ArrayD<f32>)> {
+    let mc = model.config();
+    let mult = mc.multiple();
+    let dev = model.device();
+    let x = pad_to(images.view(), 2, mult, 0.0f32);
+    let y = pad_to(labels.view(), 1, mult, 0u32);
+    let xt = array_to_tensor(x.view(), dev)?;
+    let yt = array_to_tensor(y.view(), dev)?;
+    let b = x.shape()[0];
+    let k = mc.classes;
+    let sp = x.shape()[2..].to_vec();
+    let v: usize = sp.iter().product();
+    let mut full = vec![b, k];
+    full.extend_from_slice(&sp);
+
+    let feats = model.features(&xt)?;
+    let a: Vec<f32> = model
+        .seg_feature_term(&feats)?
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1()?;
+    drop(feats);
+    let post = match cfg.from {
+        LatentSource::Posterior => Some(model.posterior(&xt, &yt)?),
+        LatentSource::Prior => None,
+    };
+    let zshape = model.latent_shape(b, &sp);
+    let mut zterms: Vec<Vec<f32>> = Vec::with_capacity(cfg.samples);
+    for _ in 0..cfg.samples {
+        let z: Tensor = match &post {
+            Some(p) => model.sample_posterior(p, rng)?,
+            None => model.sample_prior(&zshape, rng)?,
+        };
+        zterms.push(model.seg_latent_term(&z, &full)?.flatten_all()?.to_vec1()?);
+    }
+    let per_voxel = zterms.first().is_some_and(|t| t.len() == b * k * v);
+    let m = cfg.samples as f64;
+
+    // Voxel-major (b, V, K) mean and (b, V) variance, one fused pass.
+    let mut out = vec![0.0f32; b * v * k];
+    let mut var = vec![0.0f32; b * v];
+    out.par_chunks_mut(k)
+        .zip(var.par_iter_mut())
+        .enumerate()
+        .for_each_init(
+            || (vec![0.0f64; k], vec![0.0f64; k], vec![0.0f64; k]),
+            |(logit, sum, sum2), (i, (row, vo))| {
+                let (img, vox) = (i / v, i % v);
+                sum.iter_mut().for_each(|s| *s = 0.0);
+                sum2.iter_mut().for_each(|s| *s = 0.0);
+                for zt in &zterms {
+                    let mut max = f64::NEG_INFINITY;
+                    for (c, l) in logit.iter_mut().enumerate() {
+                        let ai = (img * k + c) * v + vox;
+                        let zi = if per_voxel { ai } else { img * k + c };
+                        *l = f64::from(a[ai]) + f64::from(zt[zi]);
+                        max = max.max(*l);
+                    }
+                    let mut den = 0.0;
+                    for l in logit.iter_mut() {
+                        *l = (*l - max).exp();
+                        den += *l;
+                    }
+                    for c in 0..k {
+                        let p = logit[c] / den;
+                        sum[c] += p;
+                        sum2[c] += p * p;
+                    }
+                }
+                let mut vsum = 0.0;
+                for c in 0..k {
+                    let mean = sum[c] / m;
+                    row[c] = mean as f32;
+                    vsum += (sum2[c] / m - mean * mean).max(0.0);
+                }
+                *vo = (vsum / k as f64) as f32;
+            },
+        );
+    let mut vk_shape = vec![b];
+    vk_shape.extend_from_slice(&sp);
+    let var = ArrayD::from_shape_vec(IxDyn(&vk_shape), var)
+        .map_err(|e| VlsError::Shape(e.to_string()))?;
+    vk_shape.push(k);
+    let mean = ArrayD::from_shape_vec(IxDyn(&vk_shape), out)
+        .map_err(|e| VlsError::Shape(e.to_string()))?;
+    // (b, *sp, K) → (b, K, *sp)
+    let n = mean.ndim();
+    let mut order = vec![0, n - 1];
+    order.extend(1..n - 1);
+    let mean = mean.permuted_axes(IxDyn(&order));
+    let crop_mean = mean
+        .slice_each_axis(|ax| {
+            let i = ax.axis.index();
+            if i < 2 {
+                Slice::from(..)
+            } else {
+                Slice::from(0..labels.shape()[i - 1])
+            }
+        })
+        .as_standard_layout()
+        .into_owned();
+    let crop_var = var
+        .slice_each_axis(|ax| Slice::from(0..labels.shape()[ax.axis.index()]))
+        .as_standard_layout()
+        .into_owned();
+    Ok((crop_mean, crop_var))
+}
+
+/// Writes `Y_s` of one case as `DIR/CASE.safetensors` (tensor `soft_labels`, `(K,
+/// *spatial)` f32) and `DIR/CASE.nii.gz` (classes on the last axis, with `geometry`'s
+/// spacing and affine). Both writes are atomic (write-then-rename by calseg-io).
+/// Returns the two paths.
+pub fn write_soft_labels(
+    dir: impl AsRef<Path>,
+    soft: &SoftLabels,
+    geometry: &Geometry,
+) -> Result<(PathBuf, PathBuf)> {
+    let dir = dir.as_ref();
+    let st = dir.join(format!("{}.safetensors", soft.stats.case));
+    let nii = dir.join(format!("{}.nii.gz", soft.stats.case));
+    write_safetensors(&st, &[NamedTensor::new("soft_labels", &soft.soft)])?;
+    write_nifti_probs(&nii, &soft.soft, geometry)?;
+    Ok((st, nii))
+}
