@@ -1,0 +1,284 @@
+//! Soft-label generation: configuration checks, α ≤ ½ consistency, τ semantics,
+//! determinism, geometry (2D model on 3D cases, padding), and the writers.
+
+use approx::assert_abs_diff_eq;
+use calseg_io::phantom::{PhantomConfig, generate};
+use calseg_io::{Case, Geometry};
+use calseg_vls::mix::{label_disagreement, mean_entropy, mix, one_hot, temperature};
+use calseg_vls::smooth::{
+    LatentSource, SmoothConfig, smooth_case, smooth_volume, write_soft_labels,
+};
+use calseg_vls::{LatentMode, VlsConfig, VlsError, VlsModel};
+use candle_core::Device;
+use ndarray::{ArrayD, Axis, IxDyn};
+
+fn tiny(dims: usize) -> VlsConfig {
+    VlsConfig {
+        dims,
+        in_channels: 1,
+        classes: 3,
+        enc_levels: 3,
+        enc_base: 4,
+        base: 4,
+        depth: 2,
+        ..VlsConfig::default()
+    }
+}
+
+fn phantom_case(shape: Vec<usize>, seed: u64) -> Case {
+    let p = generate(
+        &PhantomConfig {
+            shape,
+            classes: 3,
+            ..PhantomConfig::default()
+        },
+        seed,
+    )
+    .unwrap();
+    p.to_case("ph")
+}
+
+fn sums_to_one(p: &ArrayD<f32>) {
+    for s in p.sum_axis(Axis(0)).iter() {
+        assert_abs_diff_eq!(*s, 1.0, epsilon = 1e-5);
+    }
+}
+
+#[test]
+fn config_is_validated_before_any_work() {
+    let model = VlsModel::new(&tiny(2), 0, &Device::Cpu).unwrap();
+    // Inputs that would be a shape error: the config error must come first.
+    let img = ArrayD::<f32>::zeros(IxDyn(&[5, 3, 3]));
+    let lab = ArrayD::<u32>::zeros(IxDyn(&[7, 7]));
+    let bad = [
+        SmoothConfig {
+            alpha: 1.5,
+            ..SmoothConfig::default()
+        },
+        SmoothConfig {
+            alpha: -0.1,
+            ..SmoothConfig::default()
+        },
+        SmoothConfig {
+            tau: 0.0,
+            ..SmoothConfig::default()
+        },
+        SmoothConfig {
+            tau: f64::NAN,
+            ..SmoothConfig::default()
+        },
+        SmoothConfig {
+            samples: 0,
+            ..SmoothConfig::default()
+        },
+        SmoothConfig {
+            batch: 0,
+            ..SmoothConfig::default()
+        },
+    ];
+    for cfg in bad {
+        let e = smooth_volume(&model, &img, &lab, &cfg).unwrap_err();
+        assert!(matches!(e, VlsError::Config(_)), "{cfg:?}: {e}");
+        let e = smooth_case(&model, &phantom_case(vec![8, 8], 0), &cfg).unwrap_err();
+        assert!(matches!(e, VlsError::Config(_)), "{cfg:?}: {e}");
+    }
+    // Valid config, mismatched shapes: a shape error.
+    let e = smooth_volume(&model, &img, &lab, &SmoothConfig::default()).unwrap_err();
+    assert!(matches!(e, VlsError::Shape(_)), "{e}");
+}
+
+#[test]
+fn alpha_up_to_half_never_flips_a_label() {
+    let model = VlsModel::new(&tiny(2), 5, &Device::Cpu).unwrap();
+    let case = phantom_case(vec![20, 24], 3);
+    for tau in [0.25, 1.0, 4.0] {
+        for alpha in [0.0, 0.3, 0.5] {
+            let cfg = SmoothConfig {
+                samples: 4,
+                tau,
+                alpha,
+                ..SmoothConfig::default()
+            };
+            let s = smooth_case(&model, &case, &cfg).unwrap();
+            assert_eq!(s.stats.flipped_fraction, 0.0, "tau {tau} alpha {alpha}");
+            sums_to_one(&s.soft);
+        }
+    }
+    // An untrained model disagrees with the labels, so α = 1 (pure y_s^τ) flips voxels:
+    // the α ≤ ½ guarantee is not vacuous.
+    let cfg = SmoothConfig {
+        samples: 4,
+        alpha: 1.0,
+        ..SmoothConfig::default()
+    };
+    let s = smooth_case(&model, &case, &cfg).unwrap();
+    assert!(s.stats.flipped_fraction > 0.0);
+    // The worst case of α = ½: y_s^τ all on another class gives a tie, never a flip.
+    let lab = ArrayD::from_elem(IxDyn(&[2]), 0u32);
+    let other = ArrayD::from_shape_vec(IxDyn(&[2, 2]), vec![0.0f32, 0.0, 1.0, 1.0]).unwrap();
+    let m = mix(&lab.view(), &other, 0.5).unwrap();
+    assert_eq!(label_disagreement(&m, &lab.view()).unwrap(), 0.0);
+}
+
+#[test]
+fn temperature_below_one_sharpens() {
+    let y = ArrayD::from_shape_vec(
+        IxDyn(&[3, 4]),
+        vec![
+            0.6f32, 0.2, 0.5, 0.9, 0.3, 0.5, 0.3, 0.05, 0.1, 0.3, 0.2, 0.05,
+        ],
+    )
+    .unwrap();
+    let e = |t: f64| mean_entropy(&temperature(&y, t).unwrap()).unwrap();
+    assert!(e(0.5) < e(1.0), "{} < {}", e(0.5), e(1.0));
+    assert!(e(1.0) < e(2.0));
+    assert!(e(0.05) < 0.01, "τ → 0 tends to one-hot: {}", e(0.05));
+    // τ = 1 is the identity on a distribution.
+    let same = temperature(&y, 1.0).unwrap();
+    for (a, b) in same.iter().zip(y.iter()) {
+        assert_abs_diff_eq!(a, b, epsilon = 1e-6);
+    }
+    // The argmax never changes with τ.
+    let a = calseg_vls::mix::argmax(&y).unwrap();
+    for t in [0.3, 3.0] {
+        assert_eq!(
+            calseg_vls::mix::argmax(&temperature(&y, t).unwrap()).unwrap(),
+            a
+        );
+    }
+    assert!(matches!(
+        temperature(&y, -1.0).unwrap_err(),
+        VlsError::Config(_)
+    ));
+}
+
+#[test]
+fn smoothing_is_deterministic_per_seed() {
+    let model = VlsModel::new(&tiny(2), 9, &Device::Cpu).unwrap();
+    let case = phantom_case(vec![16, 16], 1);
+    let cfg = SmoothConfig {
+        samples: 6,
+        seed: 42,
+        ..SmoothConfig::default()
+    };
+    let a = smooth_case(&model, &case, &cfg).unwrap();
+    let b = smooth_case(&model, &case, &cfg).unwrap();
+    assert_eq!(a.y_s, b.y_s);
+    assert_eq!(a.soft, b.soft);
+    let c = smooth_case(
+        &model,
+        &case,
+        &SmoothConfig {
+            seed: 43,
+            ..cfg.clone()
+        },
+    )
+    .unwrap();
+    assert_ne!(a.y_s, c.y_s, "another seed draws other latents");
+    for from in [LatentSource::Posterior, LatentSource::Prior] {
+        let one = smooth_case(
+            &model,
+            &case,
+            &SmoothConfig {
+                samples: 1,
+                from,
+                ..cfg.clone()
+            },
+        )
+        .unwrap();
+        assert_eq!(one.stats.sample_variance, 0.0, "one sample has no spread");
+        sums_to_one(&one.y_s);
+    }
+}
+
+#[test]
+fn geometry_2d_model_on_3d_case_and_3d_model() {
+    // Sizes that are not multiples of 4: padded and cropped back.
+    let case = phantom_case(vec![10, 9, 5], 2);
+    let cfg = SmoothConfig {
+        samples: 3,
+        batch: 2,
+        ..SmoothConfig::default()
+    };
+    for dims in [2, 3] {
+        for mode in [LatentMode::Global, LatentMode::Spatial] {
+            let model = VlsModel::new(
+                &VlsConfig {
+                    latent_mode: mode,
+                    ..tiny(dims)
+                },
+                1,
+                &Device::Cpu,
+            )
+            .unwrap();
+            let s = smooth_case(&model, &case, &cfg).unwrap();
+            assert_eq!(s.y_s.shape(), &[3, 10, 9, 5]);
+            assert_eq!(s.soft.shape(), &[3, 10, 9, 5]);
+            sums_to_one(&s.y_s);
+            assert_eq!(s.stats.voxels, 450);
+            assert!(s.stats.sample_variance > 0.0);
+        }
+    }
+    // Slices are independent of the batch size (same noise order, same result).
+    let model = VlsModel::new(&tiny(2), 1, &Device::Cpu).unwrap();
+    let a = smooth_case(&model, &case, &cfg).unwrap();
+    let b = smooth_case(
+        &model,
+        &case,
+        &SmoothConfig {
+            batch: 5,
+            ..cfg.clone()
+        },
+    )
+    .unwrap();
+    assert_eq!(a.y_s.shape(), b.y_s.shape());
+    // A 3D model cannot smooth a 2D case.
+    let m3 = VlsModel::new(&tiny(3), 0, &Device::Cpu).unwrap();
+    let e = smooth_case(&m3, &phantom_case(vec![8, 8], 0), &cfg).unwrap_err();
+    assert!(matches!(e, VlsError::Config(_)), "{e}");
+}
+
+#[test]
+fn writers_round_trip() {
+    let model = VlsModel::new(&tiny(2), 2, &Device::Cpu).unwrap();
+    let case = phantom_case(vec![12, 8, 3], 4);
+    let s = smooth_case(
+        &model,
+        &case,
+        &SmoothConfig {
+            samples: 2,
+            ..SmoothConfig::default()
+        },
+    )
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("calseg-vls-write-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let geo = Geometry::with_spacing(vec![1.0, 2.0, 3.0]);
+    let (st, nii) = write_soft_labels(&dir, &s, &geo).unwrap();
+    assert!(st.ends_with("ph.safetensors") && nii.ends_with("ph.nii.gz"));
+    let back = calseg_io::read_safetensors(&st).unwrap();
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].0, "soft_labels");
+    assert_eq!(back[0].1.to_f32(), s.soft);
+    let probs = calseg_io::read_probs(&nii).unwrap();
+    assert_eq!(probs.probs.into_f32(), s.soft);
+    assert_eq!(probs.geometry.spacing, vec![1.0, 2.0, 3.0]);
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    assert_eq!(left.len(), 2, "no temporary files left behind");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn one_hot_and_mix_values() {
+    let lab = ArrayD::from_shape_vec(IxDyn(&[3]), vec![0u32, 2, 1]).unwrap();
+    let oh = one_hot(&lab.view(), 3).unwrap();
+    assert_eq!(
+        oh.as_slice().unwrap(),
+        &[1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0]
+    );
+    let u = ArrayD::from_elem(IxDyn(&[3, 3]), 1.0f32 / 3.0);
+    let m = mix(&lab.view(), &u, 0.3).unwrap();
+    assert_abs_diff_eq!(m[[0, 0]], 0.7 + 0.1, epsilon = 1e-6);
+    assert_abs_diff_eq!(m[[1, 0]], 0.1, epsilon = 1e-6);
+    assert!(one_hot(&lab.view(), 2).is_err());
+}
