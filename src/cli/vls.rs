@@ -1,0 +1,398 @@
+//! `calseg vls train` and `calseg vls smooth`: the variational label smoother of CALSeg.
+//!
+//! A VLS model folder holds `model.safetensors` (the parameters) and `vls.json` (the
+//! [`VlsConfig`] it was built with), plus the trainer's checkpoint and log.
+
+use super::train::{bad, failed, layouts, open_dataset, seg_err, train_val_cases};
+use super::{CliError, CliResult};
+use calseg_io::Case;
+use calseg_seg::train::{SetOptions, TargetSource, TrainSet, Trainer, TrainerConfig};
+use calseg_vls::smooth::{LatentSource, SmoothConfig, SmoothStats, smooth_case, write_soft_labels};
+use calseg_vls::{VlsConfig, VlsError, VlsModel};
+use candle_core::Device;
+use clap::{Args, Subcommand, ValueEnum};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Weights file of a VLS model folder.
+pub const VLS_WEIGHTS: &str = "model.safetensors";
+/// Configuration file of a VLS model folder.
+pub const VLS_JSON: &str = "vls.json";
+
+/// Arguments of `calseg vls`.
+#[derive(Args, Debug)]
+pub struct VlsArgs {
+    #[command(subcommand)]
+    command: VlsCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum VlsCommand {
+    /// Train the smoother on a dataset's training cases (validation: the hold-out
+    /// part of `calseg train`).
+    Train(VlsTrainArgs),
+    /// Write soft labels Y_s (CASE.safetensors + CASE.nii.gz) for training cases.
+    Smooth(VlsSmoothArgs),
+}
+
+/// Arguments of `calseg vls train`.
+#[derive(Args, Debug)]
+pub struct VlsTrainArgs {
+    /// Decathlon/nnU-Net dataset folder (dataset.json, imagesTr, labelsTr).
+    #[arg(long)]
+    data: PathBuf,
+    /// 2 (slices along the last spatial axis of volumes, or 2D images) or 3 (volumes).
+    #[arg(long)]
+    dims: usize,
+    /// Model folder to write (model.safetensors, vls.json, checkpoint, train_log.jsonl).
+    #[arg(long)]
+    out: PathBuf,
+    /// Latent dimensions L.
+    #[arg(long, default_value_t = 3)]
+    latent: usize,
+    /// Epochs.
+    #[arg(long, default_value_t = 10)]
+    epochs: usize,
+    /// Seed of the initial weights and of every random choice of the run.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Continue from the checkpoint in `--out`.
+    #[arg(long)]
+    resume: bool,
+    /// Width of the trunk U-Net's first level.
+    #[arg(long, default_value_t = 16)]
+    base: usize,
+    /// Poolings of the trunk U-Net.
+    #[arg(long, default_value_t = 4)]
+    depth: usize,
+    /// Levels of the posterior encoder (sizes are padded to multiples of
+    /// 2^max(depth, enc-levels − 1)).
+    #[arg(long, default_value_t = 5)]
+    enc_levels: usize,
+    /// Free bits: floor of each latent dimension's batch-mean KL, in nats.
+    #[arg(long, default_value_t = 0.5)]
+    free_bits: f64,
+    /// Samples per batch.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// AdamW learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Optimiser steps per epoch (default: one pass over the samples).
+    #[arg(long)]
+    iters_per_epoch: Option<usize>,
+    /// Axis of the slice-wise validation split (fewer than 5 training cases).
+    #[arg(long, default_value_t = 2)]
+    axis: usize,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// Latent samples from the posterior q(z|x,y) or the prior N(0, I).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FromArg {
+    /// The approximate posterior of the case's image and labels (the paper).
+    Posterior,
+    /// The prior N(0, I) (label-free).
+    Prior,
+}
+
+/// Arguments of `calseg vls smooth`.
+#[derive(Args, Debug)]
+pub struct VlsSmoothArgs {
+    /// VLS model folder written by `calseg vls train`.
+    #[arg(long)]
+    model: PathBuf,
+    /// Dataset folder: its training cases (with labels) are smoothed.
+    #[arg(long)]
+    data: PathBuf,
+    /// Output folder for CASE.safetensors (tensor `soft_labels`), CASE.nii.gz and
+    /// smooth_stats_{i}of{n}.json.
+    #[arg(long)]
+    out: PathBuf,
+    /// Latent samples m averaged into y_s (≥ 1).
+    #[arg(long, default_value_t = 16)]
+    samples: usize,
+    /// Temperature τ > 0 of y_s (τ < 1 sharpens).
+    #[arg(long, default_value_t = 1.0)]
+    tau: f64,
+    /// Mixing weight α ∈ [0, 1]: Y_s = (1 − α)·onehot(y) + α·y_s^τ.
+    #[arg(long, default_value_t = 0.5)]
+    alpha: f64,
+    /// Where the latent samples come from.
+    #[arg(long, value_enum, default_value_t = FromArg::Posterior)]
+    from: FromArg,
+    /// Shard `i/n` (0-based i < n): only training cases whose index in the dataset's
+    /// (sorted) training list is ≡ i mod n. Shards of one n together cover every case
+    /// once and write non-colliding files, so they can run in parallel.
+    #[arg(long, default_value = "0/1")]
+    shard: String,
+    /// Seed of the latent noise (mixed with each case id, so a case's labels do not
+    /// depend on the shard).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// 2D model on volumes: slices per forward pass.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+}
+
+/// Runs `calseg vls …`.
+pub fn run(args: VlsArgs) -> CliResult {
+    match args.command {
+        VlsCommand::Train(a) => train(a),
+        VlsCommand::Smooth(a) => smooth(a),
+    }
+}
+
+/// Errors of calseg-vls: configuration and shapes are the input's fault (exit 2).
+fn vls_err(e: VlsError) -> CliError {
+    match e {
+        VlsError::Config(_) | VlsError::Shape(_) | VlsError::Io(_) => bad(e),
+        VlsError::Seg(e) => seg_err(e),
+        VlsError::Candle(_) => failed(e),
+    }
+}
+
+fn train(args: VlsTrainArgs) -> CliResult {
+    if args.epochs == 0 || args.batch_size == 0 || args.iters_per_epoch == Some(0) {
+        return Err(bad(
+            "--epochs, --batch-size and --iters-per-epoch must be positive",
+        ));
+    }
+    if !(args.lr.is_finite() && args.lr > 0.0) {
+        return Err(bad(format!(
+            "--lr must be finite and positive, got {}",
+            args.lr
+        )));
+    }
+    let ds = open_dataset(&args.data)?;
+    let cfg = VlsConfig {
+        dims: args.dims,
+        in_channels: ds.info().channel_names.len(),
+        classes: ds.info().num_classes(),
+        latent: args.latent,
+        base: args.base,
+        depth: args.depth,
+        enc_levels: args.enc_levels,
+        free_bits: args.free_bits,
+        ..VlsConfig::default()
+    };
+    cfg.validate().map_err(|e| {
+        bad(format!(
+            "{} / options: {e}",
+            args.data.join("dataset.json").display()
+        ))
+    })?;
+    let (train_cases, val_cases) = train_val_cases(&ds, args.axis)?;
+    let nsp = train_cases
+        .first()
+        .map(|c| c.image.ndim().saturating_sub(1))
+        .unwrap_or(0);
+    // `smooth_case` runs a 2D model on volumes slice by slice along the last axis:
+    // train it on those slices.
+    let (train_layout, val_layout, _) = layouts(args.dims, nsp, nsp.saturating_sub(1), None)?;
+    let build = |cases: &[Case], layout| {
+        TrainSet::build(
+            cases,
+            &SetOptions {
+                classes: cfg.classes,
+                targets: TargetSource::OneHot,
+                layout,
+                multiple: cfg.multiple(),
+            },
+        )
+        .map_err(seg_err)
+    };
+    let train = build(&train_cases, train_layout)?;
+    let val = build(&val_cases, val_layout)?;
+    let model = VlsModel::new(&cfg, args.seed, &Device::Cpu).map_err(vls_err)?;
+    let trainer = Trainer::new(TrainerConfig {
+        epochs: args.epochs,
+        iters_per_epoch: args.iters_per_epoch,
+        batch_size: args.batch_size,
+        lr: args.lr,
+        seed: args.seed,
+        resume: args.resume,
+        quiet: args.quiet,
+        ..TrainerConfig::default()
+    });
+    let t0 = Instant::now();
+    let report = trainer
+        .fit(&model, &train, Some(&val), Some(&args.out))
+        .map_err(seg_err)?;
+    save_vls(&model, &args.out)?;
+    for e in &report.epochs {
+        let kl: Vec<String> = (0..cfg.latent)
+            .filter_map(|d| e.logs.get(&format!("kl_dim{d}")))
+            .map(|k| format!("{k:.3}"))
+            .collect();
+        let active = e.logs.get("active_dims").map_or(f64::NAN, |v| *v);
+        let val = e
+            .val
+            .as_ref()
+            .map(|v| format!(", val Dice(z=0) {:.4}", v.dice_mean_fg))
+            .unwrap_or_default();
+        println!(
+            "epoch {}: loss {:.4}, KL per latent dim [{}], active dims {active}{val}",
+            e.epoch + 1,
+            e.loss,
+            kl.join(", ")
+        );
+    }
+    println!(
+        "trained the VLS ({}D, L = {}, {} train / {} validation samples): {} epochs done in {:.1} s; model in {}",
+        cfg.dims,
+        cfg.latent,
+        train.len(),
+        val.len(),
+        report.epochs_done,
+        t0.elapsed().as_secs_f64(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// Writes `dir/model.safetensors` (through a temporary file and a rename, so a failed
+/// write leaves no half file) and `dir/vls.json` (atomically).
+fn save_vls(model: &VlsModel, dir: &Path) -> Result<(), CliError> {
+    std::fs::create_dir_all(dir).map_err(|e| failed(format!("{}: {e}", dir.display())))?;
+    let final_path = dir.join(VLS_WEIGHTS);
+    let tmp = dir.join(format!(".{VLS_WEIGHTS}.tmp-{}", std::process::id()));
+    model
+        .save(&tmp)
+        .map_err(|e| failed(format!("{}: {e}", tmp.display())))?;
+    std::fs::rename(&tmp, &final_path)
+        .map_err(|e| failed(format!("{}: {e}", final_path.display())))?;
+    let json = serde_json::to_string_pretty(model.config()).map_err(failed)?;
+    calseg_io::atomic::write_atomic(&dir.join(VLS_JSON), json.as_bytes()).map_err(failed)?;
+    Ok(())
+}
+
+/// Loads a VLS model folder (exit 2 naming the file on failure).
+fn load_vls(dir: &Path) -> Result<VlsModel, CliError> {
+    let jp = dir.join(VLS_JSON);
+    let text = std::fs::read_to_string(&jp)
+        .map_err(|e| bad(format!("{}: cannot read: {e}", jp.display())))?;
+    let cfg: VlsConfig = serde_json::from_str(&text)
+        .map_err(|e| bad(format!("{}: not a VLS configuration: {e}", jp.display())))?;
+    cfg.validate()
+        .map_err(|e| bad(format!("{}: {e}", jp.display())))?;
+    let wp = dir.join(VLS_WEIGHTS);
+    if !wp.is_file() {
+        return Err(bad(format!("{}: missing", wp.display())));
+    }
+    VlsModel::load(&cfg, &wp, &Device::Cpu).map_err(|e| bad(format!("{}: {e}", wp.display())))
+}
+
+/// Parses `i/n` with `n ≥ 1` and `i < n`.
+fn parse_shard(s: &str) -> Result<(usize, usize), CliError> {
+    let err = || {
+        bad(format!(
+            "--shard {s:?}: expected i/n with 0 ≤ i < n (e.g. 0/4 … 3/4)"
+        ))
+    };
+    let (i, n) = s.split_once('/').ok_or_else(err)?;
+    let i: usize = i.trim().parse().map_err(|_| err())?;
+    let n: usize = n.trim().parse().map_err(|_| err())?;
+    if n == 0 || i >= n {
+        return Err(err());
+    }
+    Ok((i, n))
+}
+
+fn smooth(args: VlsSmoothArgs) -> CliResult {
+    let (shard, shards) = parse_shard(&args.shard)?;
+    let sc = SmoothConfig {
+        samples: args.samples,
+        tau: args.tau,
+        alpha: args.alpha,
+        from: match args.from {
+            FromArg::Posterior => LatentSource::Posterior,
+            FromArg::Prior => LatentSource::Prior,
+        },
+        seed: args.seed,
+        batch: args.batch,
+    };
+    sc.validate().map_err(|e| bad(format!("options: {e}")))?;
+    let model = load_vls(&args.model)?;
+    let mc = model.config().clone();
+    let ds = open_dataset(&args.data)?;
+    let (ds_channels, ds_classes) = (ds.info().channel_names.len(), ds.info().num_classes());
+    if ds_channels != mc.in_channels || ds_classes != mc.classes {
+        return Err(bad(format!(
+            "{}: the dataset has {ds_channels} channel(s) and {ds_classes} classes, the VLS \
+             model {} takes {} channel(s) and {} classes",
+            args.data.join("dataset.json").display(),
+            args.model.display(),
+            mc.in_channels,
+            mc.classes
+        )));
+    }
+    // Load and check every selected case before any smoothing.
+    let mut cases = Vec::new();
+    for (idx, r) in ds.training_cases().iter().enumerate() {
+        if idx % shards != shard {
+            continue;
+        }
+        let c = ds.load_case(r).map_err(bad)?;
+        let Some(label) = &c.label else {
+            return Err(bad(format!(
+                "training case {} has no label map (labelsTr/{}{}) to smooth",
+                c.id,
+                c.id,
+                ds.info().file_ending
+            )));
+        };
+        if let Some(&l) = label.iter().find(|&&l| l as usize >= mc.classes) {
+            return Err(bad(format!(
+                "training case {}: label value {l} is not below the model's {} classes",
+                c.id, mc.classes
+            )));
+        }
+        let nsp = c.image.ndim().saturating_sub(1);
+        if !(nsp == mc.dims || (mc.dims == 2 && nsp == 3)) {
+            return Err(bad(format!(
+                "training case {}: a {}D smoother cannot process an image with {nsp} spatial axes",
+                c.id, mc.dims
+            )));
+        }
+        cases.push(c);
+    }
+    std::fs::create_dir_all(&args.out)
+        .map_err(|e| failed(format!("{}: cannot create: {e}", args.out.display())))?;
+    let mut stats: Vec<SmoothStats> = Vec::with_capacity(cases.len());
+    for c in &cases {
+        let soft = smooth_case(&model, c, &sc).map_err(|e| match vls_err(e) {
+            CliError::BadInput(m) => bad(format!("case {}: {m}", c.id)),
+            CliError::Failed(m) => failed(format!("case {}: {m}", c.id)),
+        })?;
+        write_soft_labels(&args.out, &soft, &c.geometry).map_err(failed)?;
+        let s = &soft.stats;
+        println!(
+            "{}: flipped {:.4}, mean entropy {:.4} nats, sample variance {:.3e} ({:.1} s)",
+            s.case, s.flipped_fraction, s.mean_entropy, s.sample_variance, s.seconds
+        );
+        stats.push(soft.stats);
+    }
+    let stats_path = args
+        .out
+        .join(format!("smooth_stats_{shard}of{shards}.json"));
+    let json = serde_json::json!({
+        "shard": shard,
+        "shards": shards,
+        "model": args.model,
+        "data": args.data,
+        "config": sc,
+        "cases": stats,
+    });
+    let text = serde_json::to_string_pretty(&json).map_err(failed)?;
+    calseg_io::atomic::write_atomic(&stats_path, text.as_bytes()).map_err(failed)?;
+    println!(
+        "smoothed {} case(s) (shard {shard}/{shards}) into {}; statistics in {}",
+        stats.len(),
+        args.out.display(),
+        stats_path.display()
+    );
+    Ok(())
+}
