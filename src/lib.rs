@@ -35,4 +35,5 @@ pub use calseg_metrics as metrics;
 pub use calseg_seg as seg;
 pub use calseg_vls as vls;
 
+pub mod experiment;
 pub mod report;

@@ -24,6 +24,20 @@ enum Command {
     Info(cli::info::InfoArgs),
     /// Performance benchmarks (e.g. `calseg bench unet-step`: one U-Net training step).
     Bench(cli::bench::BenchArgs),
+    /// CALSeg against its baselines on a dataset: trains the smoother and one net per
+    /// method, tunes on validation, scores the test part, writes results.json/.md and figures.
+    Experiment(cli::experiment::ExperimentArgs),
+    /// `calseg experiment` on the embedded ICBM152 brain MRI (`--quick`: smoke test).
+    Demo(cli::experiment::DemoArgs),
+    /// Train a segmentation net with one calibration method (ce, ls, focal, svls, mbls,
+    /// nacl, or soft on CALSeg soft labels) on a dataset's training cases.
+    Train(cli::train::TrainArgs),
+    /// Class probabilities of a trained model for a dataset's cases or one image.
+    Predict(cli::predict::PredictArgs),
+    /// Temperature scaling: fit T on the validation part, store it in the model.
+    Calibrate(cli::calibrate::CalibrateArgs),
+    /// The variational label smoother: `vls train`, `vls smooth` (soft labels).
+    Vls(cli::vls::VlsArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +46,12 @@ fn main() -> ExitCode {
         Command::Eval(args) => cli::eval::run(args),
         Command::Info(args) => cli::info::run(args),
         Command::Bench(args) => cli::bench::run(args),
+        Command::Experiment(args) => cli::experiment::run(args),
+        Command::Demo(args) => cli::experiment::demo(args),
+        Command::Train(args) => cli::train::run(args),
+        Command::Predict(args) => cli::predict::run(args),
+        Command::Calibrate(args) => cli::calibrate::run(args),
+        Command::Vls(args) => cli::vls::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

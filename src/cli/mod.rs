@@ -1,8 +1,13 @@
 //! Subcommands of the `calseg` program, one file each.
 
 pub mod bench;
+pub mod calibrate;
 pub mod eval;
+pub mod experiment;
 pub mod info;
+pub mod predict;
+pub mod train;
+pub mod vls;
 
 /// What a subcommand can fail with. Bad input (a file that cannot be read, shapes that
 /// disagree, an invalid option value) exits with status 2, as the CLI contract says;

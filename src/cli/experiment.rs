@@ -1,0 +1,144 @@
+//! `calseg experiment` and `calseg demo`: CALSeg against its baselines, end to end
+//! (see [`calseg::experiment`]).
+
+use super::{CliError, CliResult};
+use calseg::experiment::{
+    Experiment, ExperimentConfig, ExperimentError, METHODS, Masks, StderrProgress,
+};
+use calseg_io::Dataset;
+use clap::Args;
+use std::path::PathBuf;
+
+/// Arguments of `calseg experiment`.
+#[derive(Args, Debug)]
+pub struct ExperimentArgs {
+    /// Decathlon/nnU-Net dataset folder (dataset.json, imagesTr, labelsTr[, imagesTs, labelsTs]).
+    #[arg(long)]
+    data: PathBuf,
+    /// Output folder (re-running with the same folder skips the stages already done).
+    #[arg(long)]
+    out: PathBuf,
+    /// 2 (slices) or 3 (volumes / patches). Overrides the config file.
+    #[arg(long)]
+    dims: Option<usize>,
+    /// Comma-separated methods (ce,ls,focal,svls,mbls,nacl,calseg). Overrides the config.
+    #[arg(long, value_delimiter = ',')]
+    methods: Option<Vec<String>>,
+    /// First seed. Overrides the config.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Number of seeds (means and spreads are reported). Overrides the config.
+    #[arg(long)]
+    seeds: Option<usize>,
+    /// TOML file with every hyper-parameter (see `calseg::experiment::config`).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// No progress bars (stage lines are still printed).
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn map_err(e: ExperimentError) -> CliError {
+    match e {
+        ExperimentError::Input(m) => CliError::BadInput(m),
+        ExperimentError::Run(m) => CliError::Failed(m),
+    }
+}
+
+fn read_config(path: Option<&PathBuf>) -> Result<ExperimentConfig, CliError> {
+    match path {
+        None => Ok(ExperimentConfig::default()),
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| CliError::BadInput(format!("{}: cannot read: {e}", p.display())))?;
+            ExperimentConfig::from_toml(&text)
+                .map_err(|e| CliError::BadInput(format!("{}: {e}", p.display())))
+        }
+    }
+}
+
+/// Runs `calseg experiment`.
+pub fn run(args: ExperimentArgs) -> CliResult {
+    let mut cfg = read_config(args.config.as_ref())?;
+    if let Some(d) = args.dims {
+        cfg.dims = d;
+    }
+    if let Some(m) = args.methods {
+        cfg.methods = m
+            .into_iter()
+            .map(|s| s.trim().to_ascii_lowercase())
+            .collect();
+    }
+    if let Some(s) = args.seed {
+        cfg.seed = s;
+    }
+    if let Some(n) = args.seeds {
+        cfg.seeds = n;
+    }
+    cfg.validate().map_err(|e| {
+        CliError::BadInput(format!(
+            "configuration: {e} (methods: {})",
+            METHODS.join(",")
+        ))
+    })?;
+    let ds = Dataset::open(&args.data).map_err(|e| CliError::BadInput(e.to_string()))?;
+    let masks = Masks::from_path(cfg.eval.mask.as_deref()).map_err(map_err)?;
+    let progress = StderrProgress;
+    let out = Experiment::new(&ds, cfg, &args.out, masks, &progress)
+        .map_err(map_err)?
+        .quiet(args.quiet)
+        .run()
+        .map_err(map_err)?;
+    println!("{}", out.markdown);
+    println!("report: {}", out.out.join("results.md").display());
+    Ok(())
+}
+
+/// Arguments of `calseg demo`.
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Output folder.
+    #[arg(long, default_value = "calseg-demo")]
+    out: PathBuf,
+    /// A smoke test (≈ 1–3 minutes): tiny budget, numbers are not a comparison.
+    #[arg(long)]
+    quick: bool,
+    /// First seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Number of seeds.
+    #[arg(long, default_value_t = 1)]
+    seeds: usize,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// Runs `calseg demo`: `calseg experiment` on the embedded ICBM152 brain (2D axial
+/// slices; train on the inferior slab, test on the superior slab; ECE over the brain
+/// mask).
+pub fn demo(args: DemoArgs) -> CliResult {
+    let ds = calseg_io::icbm152::open().map_err(|e| CliError::Failed(e.to_string()))?;
+    let mask = calseg_io::icbm152::brain_mask()
+        .map_err(|e| CliError::Failed(e.to_string()))?
+        .labels
+        .mapv(|v| v != 0);
+    let mut cfg = if args.quick {
+        calseg::experiment::config::demo_quick()
+    } else {
+        calseg::experiment::config::demo()
+    };
+    cfg.seed = args.seed;
+    cfg.seeds = args.seeds;
+    let progress = StderrProgress;
+    let mut exp = Experiment::new(&ds, cfg, &args.out, Masks::Shared(mask), &progress)
+        .map_err(map_err)?
+        .quiet(args.quiet);
+    if args.quick {
+        exp = exp.note("calseg demo --quick: a smoke test with a tiny training budget — these numbers are NOT a comparison of the methods; run `calseg demo` for that.");
+    }
+    let out = exp.run().map_err(map_err)?;
+    println!("{}", out.markdown);
+    println!("report: {}", out.out.join("results.md").display());
+    Ok(())
+}

@@ -1,0 +1,322 @@
+//! Every hyper-parameter of `calseg experiment`, with its default, as one TOML file
+//! (`--config FILE.toml`; any table or key may be left out).
+//!
+//! ```toml
+//! seed = 0              # first seed; seed i of --seeds N is seed + i
+//! seeds = 1
+//! dims = 2              # 2: slices along split.axis; 3: patches
+//! methods = ["ce", "ls", "focal", "svls", "mbls", "nacl", "calseg"]
+//! temperature_scaling = true   # adds "ce+ts" (T fitted on validation NLL)
+//!
+//! [split]   # see SplitConfig: axis = 2, test_fraction = 0.5, val_fraction = 0.2, min_cases = 5
+//! [net]     # U-Net of every segmentation net: base = 16, depth = 3, norm = {group = 8}
+//! [train]   # TrainerConfig of every segmentation net (same budget for all methods)
+//! [loss]    # ls_eps = 0.1, focal_gamma = 3, svls_sigma = 1, mbls_margin = 5, …, dice_weight = 0
+//! [vls]     # VlsConfig of the variational label smoother
+//! [vls_train]  # its TrainerConfig
+//! [calseg]  # samples = [16], tau = [1.0], alpha = [0.5], from = "posterior"; lists → sweep on validation
+//! [eval]    # bins = 15, hd95 = true, mask = "brainmask.nii.gz" (file or folder of CASE.nii.gz)
+//! ```
+
+use super::split::SplitConfig;
+use calseg_seg::loss::{Method, NaclNorm, NaclWindow};
+use calseg_seg::net::{NormKind, UNetConfig};
+use calseg_seg::train::{Schedule, TrainerConfig};
+use calseg_vls::VlsConfig;
+use calseg_vls::smooth::LatentSource;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// The methods `calseg experiment` knows, in report order.
+pub const METHODS: [&str; 7] = ["ce", "ls", "focal", "svls", "mbls", "nacl", "calseg"];
+
+/// The whole experiment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExperimentConfig {
+    /// First seed (weights, sampling, latent noise); seed `i` of `seeds` is `seed + i`.
+    pub seed: u64,
+    /// Repeats of the whole training with different seeds (means and spreads reported).
+    pub seeds: usize,
+    /// 2 (slices) or 3 (patches / whole volumes).
+    pub dims: usize,
+    /// Methods to train (subset of [`METHODS`]).
+    pub methods: Vec<String>,
+    /// Also report CE with temperature scaling fitted on the validation part (`ce+ts`).
+    pub temperature_scaling: bool,
+    /// Train/validation/test split.
+    pub split: SplitConfig,
+    /// Segmentation U-Net (`dims`, `in_channels`, `classes` are taken from the data).
+    pub net: UNetConfig,
+    /// Training of each segmentation net.
+    pub train: TrainerConfig,
+    /// Loss hyper-parameters.
+    pub loss: LossParams,
+    /// The variational label smoother (`dims`, `in_channels`, `classes` from the data).
+    pub vls: VlsConfig,
+    /// Training of the smoother.
+    pub vls_train: TrainerConfig,
+    /// Soft labels of CALSeg.
+    pub calseg: CalsegParams,
+    /// 3D patch size (`dims = 3`; `None`: whole volumes).
+    pub patch: Option<Vec<usize>>,
+    /// Evaluation.
+    pub eval: EvalParams,
+}
+
+/// Hyper-parameters of the baseline losses (ANCHORS.md defaults).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LossParams {
+    /// Label smoothing ε.
+    pub ls_eps: f64,
+    /// Focal γ.
+    pub focal_gamma: f64,
+    /// SVLS Gaussian kernel size and σ.
+    pub svls_kernel: usize,
+    /// SVLS σ.
+    pub svls_sigma: f64,
+    /// MbLS margin m (10 in the classification paper; 5 for segmentation).
+    pub mbls_margin: f64,
+    /// MbLS weight λ.
+    pub mbls_lambda: f64,
+    /// NACL window size.
+    pub nacl_kernel: usize,
+    /// NACL weight α.
+    pub nacl_alpha: f64,
+    /// Weight of a soft-Dice term added to every method's loss (0: none).
+    pub dice_weight: f64,
+}
+
+impl Default for LossParams {
+    fn default() -> Self {
+        Self {
+            ls_eps: 0.1,
+            focal_gamma: 3.0,
+            svls_kernel: 3,
+            svls_sigma: 1.0,
+            mbls_margin: 5.0,
+            mbls_lambda: 0.1,
+            nacl_kernel: 3,
+            nacl_alpha: 0.1,
+            dice_weight: 0.0,
+        }
+    }
+}
+
+impl LossParams {
+    /// The loss of a method name (`calseg` trains with soft-target CE on `Y_s`).
+    pub fn method(&self, name: &str) -> Option<Method> {
+        Some(match name {
+            "ce" => Method::Ce,
+            "ls" => Method::Ls { eps: self.ls_eps },
+            "focal" => Method::Focal {
+                gamma: self.focal_gamma,
+            },
+            "svls" => Method::Svls {
+                kernel: self.svls_kernel,
+                sigma: self.svls_sigma,
+            },
+            "mbls" => Method::Mbls {
+                margin: self.mbls_margin,
+                lambda: self.mbls_lambda,
+            },
+            "nacl" => Method::Nacl {
+                kernel: self.nacl_kernel,
+                alpha: self.nacl_alpha,
+                norm: NaclNorm::L1,
+                window: NaclWindow::Mean,
+            },
+            "calseg" | "soft" => Method::Soft,
+            _ => return None,
+        })
+    }
+}
+
+/// CALSeg's soft-label parameters. Several values in a list are a sweep: one net is
+/// trained per combination and the combination with the lowest validation ECE is
+/// reported (ties: lower NLL).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CalsegParams {
+    /// Latent samples m averaged into `y_s`.
+    pub samples: usize,
+    /// Temperatures τ of `y_s^τ = softmax(log(y_s)/τ)`.
+    pub tau: Vec<f64>,
+    /// Mixing weights α of `Y_s = (1−α)·y + α·y_s^τ`.
+    pub alpha: Vec<f64>,
+    /// Sample z from the posterior (the paper) or the prior.
+    pub from: LatentSource,
+}
+
+impl Default for CalsegParams {
+    fn default() -> Self {
+        Self {
+            samples: 16,
+            tau: vec![1.0],
+            alpha: vec![0.5],
+            from: LatentSource::Posterior,
+        }
+    }
+}
+
+/// Evaluation of the test predictions.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalParams {
+    /// Equal-width bins of ECE/MCE/ACE/CECE (left-closed edges, 1.0 in the last bin).
+    pub bins: usize,
+    /// Compute HD95 (mean over foreground classes, in mm).
+    pub hd95: bool,
+    /// Region of `ece`, `mce`, `cece`, `ace`, `brier`, `nll`: a mask file (same grid as
+    /// every case) or a folder of `CASE.nii.gz`; `None`: all voxels. `ece_fg` always
+    /// uses the voxels whose label is not background (MbLS/NACL protocol); Dice and HD95
+    /// use the whole image.
+    pub mask: Option<PathBuf>,
+}
+
+impl Default for EvalParams {
+    fn default() -> Self {
+        Self {
+            bins: 15,
+            hd95: true,
+            mask: None,
+        }
+    }
+}
+
+impl Default for ExperimentConfig {
+    fn default() -> Self {
+        let train = TrainerConfig {
+            epochs: 40,
+            batch_size: 8,
+            lr: 2e-3,
+            weight_decay: 1e-4,
+            schedule: Schedule::Cosine { warmup: 20 },
+            flips: true,
+            validate_every: 0,
+            checkpoint_every: 10,
+            ..TrainerConfig::default()
+        };
+        Self {
+            seed: 0,
+            seeds: 1,
+            dims: 2,
+            methods: METHODS.iter().map(|s| s.to_string()).collect(),
+            temperature_scaling: true,
+            split: SplitConfig::default(),
+            net: UNetConfig {
+                base: 16,
+                depth: 3,
+                norm: NormKind::Group(8),
+                ..UNetConfig::default()
+            },
+            train: train.clone(),
+            loss: LossParams::default(),
+            vls: VlsConfig {
+                base: 16,
+                depth: 3,
+                enc_base: 16,
+                enc_levels: 4,
+                ..VlsConfig::default()
+            },
+            vls_train: train,
+            calseg: CalsegParams::default(),
+            patch: None,
+            eval: EvalParams::default(),
+        }
+    }
+}
+
+impl ExperimentConfig {
+    /// Reads a TOML file (missing keys keep their defaults; unknown keys are errors).
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Checks what can be checked before any work starts.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(2..=3).contains(&self.dims) {
+            return Err(format!("dims must be 2 or 3, got {}", self.dims));
+        }
+        if self.seeds == 0 {
+            return Err("seeds must be ≥ 1".into());
+        }
+        if self.methods.is_empty() {
+            return Err("no methods to run".into());
+        }
+        for m in &self.methods {
+            if !METHODS.contains(&m.as_str()) {
+                return Err(format!(
+                    "unknown method {m:?}: expected one of {}",
+                    METHODS.join(", ")
+                ));
+            }
+            if let Some(method) = self.loss.method(m) {
+                method.validate().map_err(|e| e.to_string())?;
+            }
+        }
+        let c = &self.calseg;
+        if c.samples == 0 {
+            return Err("calseg.samples must be ≥ 1".into());
+        }
+        if c.tau.is_empty() || c.tau.iter().any(|t| !(t.is_finite() && *t > 0.0)) {
+            return Err(format!(
+                "calseg.tau must be a non-empty list of numbers > 0, got {:?}",
+                c.tau
+            ));
+        }
+        if c.alpha.is_empty() || c.alpha.iter().any(|a| !(0.0..=1.0).contains(a)) {
+            return Err(format!(
+                "calseg.alpha must be a non-empty list in [0, 1], got {:?}",
+                c.alpha
+            ));
+        }
+        if self.eval.bins == 0 {
+            return Err("eval.bins must be ≥ 1".into());
+        }
+        if self.train.batch_size == 0 || self.vls_train.batch_size == 0 {
+            return Err("train.batch_size and vls_train.batch_size must be ≥ 1".into());
+        }
+        Ok(())
+    }
+
+    /// The methods in report order, `ce+ts` after `ce` when temperature scaling is on.
+    pub fn reported_methods(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for m in METHODS {
+            if self.methods.iter().any(|x| x == m) {
+                out.push(m.to_string());
+                if m == "ce" && self.temperature_scaling {
+                    out.push("ce+ts".to_string());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The budget of `calseg demo` on the embedded ICBM152 brain (2D axial slices of
+/// 80×100, base-16 depth-3 U-Nets): long enough that CE becomes over-confident, short
+/// enough for ≤ 15 minutes on 2 cores.
+pub fn demo() -> ExperimentConfig {
+    ExperimentConfig::default()
+}
+
+/// `calseg demo --quick`: a smoke test of every stage in a few minutes.
+pub fn demo_quick() -> ExperimentConfig {
+    let mut c = ExperimentConfig::default();
+    for t in [&mut c.train, &mut c.vls_train] {
+        t.epochs = 2;
+        t.iters_per_epoch = Some(4);
+        t.batch_size = 4;
+        t.schedule = Schedule::Constant;
+        t.checkpoint_every = 1;
+    }
+    c.net.base = 8;
+    c.vls.base = 8;
+    c.vls.enc_base = 8;
+    c.calseg.samples = 4;
+    c.eval.hd95 = false;
+    c
+}

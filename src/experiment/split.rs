@@ -1,0 +1,256 @@
+//! How an experiment divides a dataset into training, validation and test parts.
+//!
+//! Rules (every choice is written to `split.json` and into the report):
+//! - **test**: the dataset's own test cases (`imagesTs`/`labelsTs`) when they have labels
+//!   (a different scanner or site there is the domain-shift test); otherwise, with at
+//!   least [`SplitConfig::min_cases`] training cases, the last `test_fraction` of them;
+//!   otherwise (one or two volumes, such as the embedded ICBM template) a **slab split**:
+//!   the slices `index ≥ ⌊test_fraction·n⌋`… along `axis` of every case are test data.
+//! - **validation** (where every tuned hyper-parameter is chosen: α, τ, m for CALSeg,
+//!   T for temperature scaling): the last `val_fraction` of the remaining training cases,
+//!   or, with too few cases, the top `val_fraction` of each remaining slab.
+//!
+//! Slabs are contiguous along `axis` (axial for RAS volumes): neighbouring slices are
+//! strongly correlated, so interleaving them would leak the test data into training.
+
+use calseg_io::preprocess::crop;
+use calseg_io::{Case, Dataset};
+use serde::{Deserialize, Serialize};
+use std::ops::Range;
+
+/// Parameters of the split.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SplitConfig {
+    /// Spatial axis of slab splits (2 = axial for RAS-oriented volumes).
+    pub axis: usize,
+    /// Fraction of cases (or of each volume's slices) held out for testing when the
+    /// dataset has no labelled test set.
+    pub test_fraction: f64,
+    /// Fraction of the training cases (or slices) used for validation.
+    pub val_fraction: f64,
+    /// Fewest cases for a split by cases rather than by slabs.
+    pub min_cases: usize,
+}
+
+impl Default for SplitConfig {
+    fn default() -> Self {
+        Self {
+            axis: 2,
+            test_fraction: 0.5,
+            val_fraction: 0.2,
+            min_cases: 5,
+        }
+    }
+}
+
+/// One part of a case: the whole volume, or the slab `range` along `axis`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Part {
+    /// Identifier of the part (the case id, suffixed with the slab for slab parts).
+    pub id: String,
+    /// The dataset case it comes from.
+    pub case: String,
+    /// The slab, if only part of the case is used.
+    pub slab: Option<Slab>,
+}
+
+/// A contiguous range of slices along a spatial axis.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Slab {
+    /// Spatial axis.
+    pub axis: usize,
+    /// Slice range `[start, end)`.
+    pub range: Range<usize>,
+}
+
+/// The three parts of an experiment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SplitPlan {
+    /// `"dataset test set"`, `"held-out cases"` or `"axial slabs"`: how the test part
+    /// was chosen.
+    pub kind: String,
+    /// A sentence a report can print.
+    pub description: String,
+    /// Training parts.
+    pub train: Vec<Part>,
+    /// Validation parts (tuning only).
+    pub val: Vec<Part>,
+    /// Test parts (scored once, never used for choices).
+    pub test: Vec<Part>,
+}
+
+/// Errors of planning a split.
+#[derive(Debug, thiserror::Error)]
+pub enum SplitError {
+    /// The dataset cannot be split as asked.
+    #[error("{0}")]
+    Invalid(String),
+    /// A case could not be read.
+    #[error(transparent)]
+    Io(#[from] calseg_io::IoError),
+}
+
+fn whole(id: &str) -> Part {
+    Part {
+        id: id.to_string(),
+        case: id.to_string(),
+        slab: None,
+    }
+}
+
+fn slab(id: &str, axis: usize, range: Range<usize>, tag: &str) -> Part {
+    Part {
+        id: format!("{id}_{tag}"),
+        case: id.to_string(),
+        slab: Some(Slab { axis, range }),
+    }
+}
+
+/// Number of items out of `n` that a fraction selects, at least one and leaving one.
+fn held_out(n: usize, fraction: f64) -> usize {
+    ((n as f64 * fraction).round() as usize).clamp(1, n.saturating_sub(1).max(1))
+}
+
+impl SplitPlan {
+    /// Plans the split of `ds` (reads each case's header-sized shape only for slab
+    /// splits, by loading it).
+    pub fn plan(ds: &Dataset, cfg: &SplitConfig) -> Result<SplitPlan, SplitError> {
+        for (name, f) in [
+            ("test_fraction", cfg.test_fraction),
+            ("val_fraction", cfg.val_fraction),
+        ] {
+            if !(f > 0.0 && f < 1.0) {
+                return Err(SplitError::Invalid(format!(
+                    "split.{name} must be in (0, 1), got {f}"
+                )));
+            }
+        }
+        let train_ids: Vec<String> = ds.training_cases().iter().map(|c| c.id.clone()).collect();
+        if train_ids.is_empty() {
+            return Err(SplitError::Invalid(
+                "the dataset has no training cases".into(),
+            ));
+        }
+        let test_ids: Vec<String> = ds.test_cases().iter().map(|c| c.id.clone()).collect();
+        let test_labelled = !test_ids.is_empty()
+            && test_ids
+                .iter()
+                .all(|id| ds.load(id).map(|c| c.label.is_some()).unwrap_or(false));
+        let by_cases = train_ids.len() >= cfg.min_cases.max(2);
+        let (kind, test, remaining) = if test_labelled {
+            let test = test_ids.iter().map(|s| whole(s)).collect();
+            (
+                "dataset test set",
+                test,
+                train_ids.iter().map(|s| whole(s)).collect(),
+            )
+        } else if by_cases {
+            let k = held_out(train_ids.len(), cfg.test_fraction);
+            let (tr, te) = train_ids.split_at(train_ids.len() - k);
+            (
+                "held-out cases",
+                te.iter().map(|s| whole(s)).collect(),
+                tr.iter().map(|s| whole(s)).collect::<Vec<_>>(),
+            )
+        } else {
+            let (mut train, mut test) = (Vec::new(), Vec::new());
+            for id in &train_ids {
+                let n = slices_along(ds, id, cfg.axis)?;
+                if n < 3 {
+                    return Err(SplitError::Invalid(format!(
+                        "case {id}: {n} slices along axis {} are too few to split into slabs",
+                        cfg.axis
+                    )));
+                }
+                let cut = n - held_out(n, cfg.test_fraction);
+                train.push(slab(id, cfg.axis, 0..cut, "trainslab"));
+                test.push(slab(id, cfg.axis, cut..n, "test"));
+            }
+            ("axial slabs", test, train)
+        };
+        // Validation out of what remains for training.
+        let (train, val) = if remaining.len() >= cfg.min_cases.max(2) {
+            let k = held_out(remaining.len(), cfg.val_fraction);
+            let (tr, va) = remaining.split_at(remaining.len() - k);
+            (tr.to_vec(), va.to_vec())
+        } else {
+            let (mut train, mut val) = (Vec::new(), Vec::new());
+            for p in &remaining {
+                let range = match &p.slab {
+                    Some(s) => s.range.clone(),
+                    None => 0..slices_along(ds, &p.case, cfg.axis)?,
+                };
+                let n = range.len();
+                if n < 2 {
+                    return Err(SplitError::Invalid(format!(
+                        "case {}: too few slices to hold out validation slices",
+                        p.case
+                    )));
+                }
+                let cut = range.end - held_out(n, cfg.val_fraction);
+                train.push(slab(&p.case, cfg.axis, range.start..cut, "train"));
+                val.push(slab(&p.case, cfg.axis, cut..range.end, "val"));
+            }
+            (train, val)
+        };
+        let description = describe(kind, &train, &val, &test);
+        Ok(SplitPlan {
+            kind: kind.to_string(),
+            description,
+            train,
+            val,
+            test,
+        })
+    }
+}
+
+fn describe(kind: &str, train: &[Part], val: &[Part], test: &[Part]) -> String {
+    let list = |ps: &[Part]| {
+        ps.iter()
+            .map(|p| match &p.slab {
+                Some(s) => format!(
+                    "{} [{}..{}) along axis {}",
+                    p.case, s.range.start, s.range.end, s.axis
+                ),
+                None => p.case.clone(),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "split by {kind}: train {}; validation {}; test {}",
+        list(train),
+        list(val),
+        list(test)
+    )
+}
+
+fn slices_along(ds: &Dataset, id: &str, axis: usize) -> Result<usize, SplitError> {
+    let case = ds.load(id)?;
+    let spatial = &case.image.shape()[1..];
+    spatial.get(axis).copied().ok_or_else(|| {
+        SplitError::Invalid(format!(
+            "case {id}: axis {axis} is outside its spatial shape {spatial:?}"
+        ))
+    })
+}
+
+/// Loads one part: the case, cropped to its slab.
+pub fn load_part(ds: &Dataset, part: &Part) -> Result<Case, SplitError> {
+    let case = ds.load(&part.case)?;
+    let mut out = match &part.slab {
+        None => case,
+        Some(s) => {
+            let spatial = &case.image.shape()[1..];
+            let bbox: Vec<Range<usize>> = spatial
+                .iter()
+                .enumerate()
+                .map(|(a, &d)| if a == s.axis { s.range.clone() } else { 0..d })
+                .collect();
+            crop(&case, &bbox)?
+        }
+    };
+    out.id = part.id.clone();
+    Ok(out)
+}
