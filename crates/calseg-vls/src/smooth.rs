@@ -30,6 +30,7 @@ use crate::mix::{label_disagreement, mean_entropy, mix, temperature};
 use crate::model::VlsModel;
 use calseg_io::{Case, Geometry, NamedTensor, write_nifti_probs, write_safetensors};
 use calseg_seg::convert::array_to_tensor;
+use calseg_seg::init::randn;
 use candle_core::{DType, Tensor};
 use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn, Slice};
 use rand::SeedableRng;
@@ -180,7 +181,9 @@ pub fn smooth_case(model: &VlsModel, case: &Case, cfg: &SmoothConfig) -> Result<
 }
 
 /// `y_s (K, *spatial)` of a normalised image `(C, *spatial)` and its labels `(*spatial)`,
-/// and the mean per-voxel variance across samples. Noise from `StdRng(cfg.seed)`.
+/// and the mean per-voxel variance across samples. The noise of image (slice) `i` comes
+/// from its own `StdRng` seeded from `(cfg.seed, i)`, so the result does not depend on
+/// `cfg.batch`.
 pub fn smooth_volume(
     model: &VlsModel,
     image: &ArrayD<f32>,
@@ -223,7 +226,6 @@ pub fn smooth_volume(
             mc.dims
         )));
     };
-    let mut rng = StdRng::seed_from_u64(cfg.seed);
     let total = imgs.shape()[0];
     let (mut means, mut vars) = (Vec::new(), Vec::new());
     let mut start = 0;
@@ -231,7 +233,11 @@ pub fn smooth_volume(
         let end = (start + cfg.batch).min(total);
         let im = imgs.slice_axis(Axis(0), Slice::from(start..end));
         let lb = labs.slice_axis(Axis(0), Slice::from(start..end));
-        let (m, v) = smooth_batch(model, im, lb, cfg, &mut rng)?;
+        // One generator per image (slice), so results do not depend on `batch`.
+        let mut rngs: Vec<StdRng> = (start..end)
+            .map(|i| StdRng::seed_from_u64(image_seed(cfg.seed, i)))
+            .collect();
+        let (m, v) = smooth_batch(model, im, lb, cfg, &mut rngs)?;
         means.push(m);
         vars.push(v);
         start = end;
@@ -253,6 +259,14 @@ pub fn smooth_volume(
     Ok((y_s, sample_variance))
 }
 
+/// Seed of image (slice) `i` of a volume: SplitMix64 of `seed + i`.
+fn image_seed(seed: u64, i: usize) -> u64 {
+    let mut z = seed.wrapping_add((i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// Zero-pads the axes from `lead` on to multiples of `m` (at the high end).
 fn pad_to<T: Clone>(a: ArrayViewD<'_, T>, lead: usize, m: usize, fill: T) -> ArrayD<T> {
     let mut shape = a.shape().to_vec();
@@ -272,7 +286,7 @@ fn smooth_batch(
     images: ArrayViewD<'_, f32>,
     labels: ArrayViewD<'_, u32>,
     cfg: &SmoothConfig,
-    rng: &mut StdRng,
+    rngs: &mut [StdRng],
 ) -> Result<(ArrayD<f32>, ArrayD<f32>)> {
     let mc = model.config();
     let mult = mc.multiple();
@@ -302,9 +316,17 @@ fn smooth_batch(
     let zshape = model.latent_shape(b, &sp);
     let mut zterms: Vec<Vec<f32>> = Vec::with_capacity(cfg.samples);
     for _ in 0..cfg.samples {
-        let z: Tensor = match &post {
-            Some(p) => model.sample_posterior(p, rng)?,
-            None => model.sample_prior(&zshape, rng)?,
+        // ε per image from its own generator, then z = μ + σ·ε (or z = ε).
+        let mut one = zshape.clone();
+        one[0] = 1;
+        let eps = rngs
+            .iter_mut()
+            .map(|r| randn(r, &one, DType::F32, dev))
+            .collect::<calseg_seg::Result<Vec<_>>>()?;
+        let eps = Tensor::cat(&eps, 0)?;
+        let z = match &post {
+            Some(p) => (&p.mu + (p.logvar.clone() * 0.5)?.exp()?.mul(&eps)?)?,
+            None => eps,
         };
         zterms.push(model.seg_latent_term(&z, &full)?.flatten_all()?.to_vec1()?);
     }
