@@ -61,8 +61,8 @@
 //!   seeded initialisation and the [`calseg_seg::train::Trainable`] contract.
 //! - `calseg-io`: cases, the nonzero z-score, the embedded ICBM152 data, and the atomic
 //!   safetensors / NIfTI writers of the soft labels.
-//! - `calseg-metrics`: calibration metrics of the workspace (for evaluations built on
-//!   this crate).
+//! - `calseg-metrics`: the workspace's calibration metrics; declared for evaluations
+//!   built on this crate, not used by the library code itself.
 //! - `candle-core` / `candle-nn`: tensors, autograd, `VarMap` parameters and softmax /
 //!   sigmoid.
 //! - `ndarray`: the soft-label maps `(K, *spatial)` exchanged with calseg-io.
@@ -70,7 +70,9 @@
 //! - `rayon`: the fused per-voxel passes (sample averaging, temperature, SVLS, TV).
 //! - `serde` / `serde_json`: configurations and statistics as JSON.
 //! - `thiserror`: the typed [`VlsError`].
-//! - `safetensors`, `tracing`: checkpoint format and logging of the workspace.
+//! - `tracing`: a debug event per smoothed case.
+//! - `safetensors`: declared for checkpoints; the library code writes safetensors
+//!   through calseg-io and candle's `VarMap`.
 
 pub mod error;
 pub mod loss;

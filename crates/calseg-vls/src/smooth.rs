@@ -177,6 +177,12 @@ pub fn smooth_case(model: &VlsModel, case: &Case, cfg: &SmoothConfig) -> Result<
         sample_variance,
         seconds: start.elapsed().as_secs_f64(),
     };
+    tracing::debug!(
+        case = %stats.case,
+        seconds = stats.seconds,
+        variance = stats.sample_variance,
+        "smoothed"
+    );
     Ok(SoftLabels { y_s, soft, stats })
 }
 
