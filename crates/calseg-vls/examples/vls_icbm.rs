@@ -168,6 +168,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             tv: tv_distance(map, &truth, Some(&mask))?,
         });
     }
+    // Does z carry label information? Posterior vs prior soft labels: identical for a
+    // collapsed posterior (q = p), apart when the latent is used.
+    let prior = smooth_case(
+        &model,
+        &case,
+        &SmoothConfig {
+            from: calseg_vls::LatentSource::Prior,
+            ..scfg.clone()
+        },
+    )?;
+    println!(
+        "smooth prior m=16: {}",
+        serde_json::to_string(&prior.stats)?
+    );
+    println!(
+        "TV(y_s posterior, y_s prior) in brain: {:.4}",
+        tv_distance(&soft.y_s, &prior.y_s, Some(&mask))?
+    );
     for r in rows {
         println!("TV {:12} {:.4}", r.method, r.tv);
     }
