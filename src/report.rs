@@ -1007,7 +1007,8 @@ fn draw_panel_text(
             (col_x, MARGIN as i32),
             (layout.column, layout.height - MARGIN),
         );
-        area.draw(&Text::new(name.as_str(), (2, 4), title_font.clone()))
+        let title = fit_title(&area, name, &title_font, layout.column.saturating_sub(4));
+        area.draw(&Text::new(title, (2, 4), title_font.clone()))
             .map_err(|e| err(e.to_string()))?;
         if matches!(tile, Tile::Continuous(_)) {
             let x0 = ((layout.column - layout.tile_w) / 2) as i32;
@@ -1023,6 +1024,32 @@ fn draw_panel_text(
         }
     }
     root.present().map_err(|e| err(e.to_string()))
+}
+
+/// `title`, shortened with a trailing "…" until it is at most `width` pixels wide in
+/// `font` (unchanged when it fits, or when its width cannot be measured).
+fn fit_title<DB: plotters::prelude::DrawingBackend>(
+    area: &plotters::prelude::DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    font: &plotters::style::TextStyle<'_>,
+    width: u32,
+) -> String {
+    let fits = |t: &str| {
+        area.estimate_text_size(t, font)
+            .map_or(true, |(w, _)| w <= width)
+    };
+    if fits(title) {
+        return title.to_owned();
+    }
+    let mut chars: Vec<char> = title.chars().collect();
+    while !chars.is_empty() {
+        chars.pop();
+        let candidate: String = chars.iter().chain(['…'].iter()).collect();
+        if fits(&candidate) {
+            return candidate;
+        }
+    }
+    "…".to_owned()
 }
 
 fn encode_rgb_png(rgb: &[u8], w: u32, h: u32) -> Result<Vec<u8>, ReportError> {
