@@ -13,8 +13,17 @@ use ndarray::{ArrayD, Axis};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-#[test]
-fn short_training_keeps_the_samples_apart() {
+type Trained = (
+    VlsModel,
+    Vec<ArrayD<f32>>,
+    Vec<ArrayD<u32>>,
+    Vec<f64>,
+    Vec<(String, f64)>,
+);
+
+/// Trains a tiny VLS for 40 steps on four 24×24 phantoms; returns the model, the
+/// (z-scored) images and labels, the CE per step and the epoch report.
+fn train(free_bits: f64) -> Trained {
     let dev = Device::Cpu;
     let cfg = VlsConfig {
         classes: 3,
@@ -23,6 +32,7 @@ fn short_training_keeps_the_samples_apart() {
         base: 4,
         depth: 2,
         kl_warmup_epochs: 0,
+        free_bits,
         ..VlsConfig::default()
     };
     // Four 24×24 phantoms, z-scored over their nonzero voxels like the trainer does.
@@ -79,7 +89,18 @@ fn short_training_keeps_the_samples_apart() {
         opt.step(&loss.backward().unwrap()).unwrap();
     }
     let ep = model.end_epoch(0);
-    let active = ep.iter().find(|(k, _)| k == "active_dims").unwrap().1;
+    (model, imgs, labs, ce, ep)
+}
+
+fn get(ep: &[(String, f64)], key: &str) -> f64 {
+    ep.iter().find(|(k, _)| k == key).map_or(f64::NAN, |x| x.1)
+}
+
+#[test]
+fn short_training_keeps_the_samples_apart() {
+    let (model, imgs, labs, ce, ep) = train(0.5);
+    let steps = ce.len();
+    let active = get(&ep, "active_dims");
     eprintln!("ce {:.3} → {:.3}; epoch {ep:?}", ce[0], ce[steps - 1]);
     assert!(ce[steps - 1] < 0.7 * ce[0], "the segmentation head learns");
     assert!(
@@ -97,4 +118,21 @@ fn short_training_keeps_the_samples_apart() {
         eprintln!("{from:?}: mean per-voxel variance across samples {var:.3e}");
         assert!(var > 1e-3, "{from:?}: samples collapsed (variance {var:e})");
     }
+}
+
+#[test]
+fn plain_kl_drifts_towards_the_prior() {
+    // The same run without free bits: the KL per dimension shrinks (the collapse the
+    // free-bits floor prevents), while with it the KL stays well above the floor's
+    // "active" threshold.
+    let kl = |ep: &[(String, f64)]| (0..3).map(|d| get(ep, &format!("kl_dim{d}"))).sum::<f64>();
+    let (.., plain) = train(0.0);
+    let (.., fb) = train(0.5);
+    eprintln!("plain {plain:?}\nfree bits {fb:?}");
+    assert!(
+        kl(&plain) < 0.5 * kl(&fb),
+        "plain {} vs free bits {}",
+        kl(&plain),
+        kl(&fb)
+    );
 }
