@@ -77,7 +77,7 @@ pub fn run(args: CalibrateArgs) -> CliResult {
                 .map(|a| a as usize)
         })
         .unwrap_or(2);
-    let (_, val) = train_val_cases(&ds, axis)?;
+    let (_, val) = train_val_cases(&ds, axis, None)?;
     let spec = InferSpec::of(&model);
     let opts = InferOptions::default();
     for case in val {

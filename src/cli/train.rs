@@ -119,16 +119,19 @@ fn held_out(n: usize, fraction: f64) -> usize {
 
 /// Training cases of `ds` loaded and divided into (train, validation) parts by the rule
 /// of the module docs. Slice-split parts keep their case id (so per-case files such as
-/// soft labels can still be found) and are cropped to their slab.
+/// soft labels can still be found) and are cropped to their slab. With `soft_labels =
+/// (DIR, K)`, every training case first gets `DIR/CASE.safetensors` as its soft labels
+/// (see [`attach_soft_labels`]).
 pub(crate) fn train_val_cases(
     ds: &Dataset,
     axis: usize,
+    soft_labels: Option<(&Path, usize)>,
 ) -> Result<(Vec<Case>, Vec<Case>), CliError> {
     let refs = ds.training_cases();
     if refs.is_empty() {
         return Err(bad("the dataset has no training cases"));
     }
-    let cases: Vec<Case> = refs
+    let mut cases: Vec<Case> = refs
         .iter()
         .map(|r| ds.load_case(r).map_err(bad))
         .collect::<Result<_, _>>()?;
@@ -136,6 +139,10 @@ pub(crate) fn train_val_cases(
         if c.label.is_none() {
             return Err(bad(format!("training case {} has no label map", c.id)));
         }
+    }
+    if let Some((dir, classes)) = soft_labels {
+        // Attached before the split, so slice-split parts get their crop of them.
+        attach_soft_labels(dir, &mut cases, classes)?;
     }
     if cases.len() >= MIN_CASES_FOR_CASE_SPLIT {
         let k = held_out(cases.len(), VAL_FRACTION);
@@ -324,19 +331,17 @@ pub fn run(args: TrainArgs) -> CliResult {
         ..UNetConfig::default()
     };
     let multiple = ucfg.size_multiple();
-    let (mut train_cases, val_cases) = train_val_cases(&ds, args.axis)?;
+    let soft = args.soft_labels.as_deref().map(|d| (d, classes));
+    let (train_cases, val_cases) = train_val_cases(&ds, args.axis, soft)?;
     let nsp = train_cases
         .first()
         .map(|c| c.image.ndim().saturating_sub(1))
         .unwrap_or(0);
     let (train_layout, val_layout, slice_axis) =
         layouts(args.dims, nsp, args.axis, args.patch.as_ref())?;
+    // Soft labels were read (and cropped with their case) by `train_val_cases`.
     let targets = match &args.soft_labels {
-        Some(dir) => {
-            attach_soft_labels(dir, &mut train_cases, classes)?;
-            // The soft labels were read (and cropped with their case) by the CLI.
-            TargetSource::CaseSoft
-        }
+        Some(_) => TargetSource::CaseSoft,
         None => TargetSource::OneHot,
     };
     let train = TrainSet::build(

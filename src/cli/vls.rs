@@ -184,7 +184,7 @@ fn train(args: VlsTrainArgs) -> CliResult {
             args.data.join("dataset.json").display()
         ))
     })?;
-    let (train_cases, val_cases) = train_val_cases(&ds, args.axis)?;
+    let (train_cases, val_cases) = train_val_cases(&ds, args.axis, None)?;
     let nsp = train_cases
         .first()
         .map(|c| c.image.ndim().saturating_sub(1))
