@@ -76,7 +76,9 @@ pub struct VlsConfig {
     /// Fast (calseg-seg custom ops) or candle's stock operators. Default fast.
     pub backend: Backend,
     /// Free bits λ_fb: floor of the batch-mean KL of each latent dimension, in nats
-    /// (0 = plain KL, which collapses). Default 0.5.
+    /// (0 = plain KL, which collapses). Default 0.5. Measured on ICBM152 (README): with
+    /// 0 the KL falls below 1e-4 nats, 0 active dimensions; with 0.5 all 3 stay active
+    /// at 0.1–0.3 nats each.
     pub free_bits: f64,
     /// Final KL weight β. Default 1.
     pub beta: f64,
