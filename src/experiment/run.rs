@@ -280,8 +280,13 @@ impl<'a> Experiment<'a> {
             runs.extend(scored.into_iter().map(|(_, s)| s.result));
         }
         let summaries = report::group_by_method(&runs)?;
+        let mut recorded = self.cfg.clone();
+        recorded.net = self.unet(&parts);
+        recorded.vls.dims = recorded.dims;
+        recorded.vls.in_channels = parts.in_channels;
+        recorded.vls.classes = parts.classes;
         let config = json!({
-            "experiment": serde_json::to_value(&self.cfg).unwrap_or(Value::Null),
+            "experiment": serde_json::to_value(&recorded).unwrap_or(Value::Null),
             "tuned_on_validation": chosen,
         });
         let split = serde_json::to_value(&parts.plan).unwrap_or(Value::Null);
@@ -652,6 +657,16 @@ impl<'a> Experiment<'a> {
             ));
         };
         let quality = self.soft_label_quality(p, &ys, alpha, tau)?;
+        // The smoothing ran with α = 1, τ = 1 (y_s itself): restate flips and entropy for
+        // the chosen mix; the sample variance does not depend on α and τ.
+        for ((st, c), y) in stats.iter_mut().zip(&p.train).zip(&ys) {
+            if let (Some(labels), Value::Object(o)) = (&c.label, st) {
+                let soft = mix::mix(&labels.view(), &mix::temperature(y, tau)?, alpha)?;
+                o.insert("flipped_fraction".into(), json!(mix::label_disagreement(&soft, &labels.view())?));
+                o.insert("mean_entropy".into(), json!(mix::mean_entropy(&soft)?));
+                o.insert("mean_entropy_ys".into(), json!(mix::mean_entropy(&mix::temperature(y, tau)?)?));
+            }
+        }
         let info = json!({"alpha": alpha, "tau": tau, "samples": self.cfg.calseg.samples, "from": serde_json::to_value(self.cfg.calseg.from).unwrap_or(Value::Null), "chosen_by": if combos.len() > 1 { "lowest validation ECE" } else { "configuration (single value)" }, "sweep": sweep, "smoother_seconds": vls_secs, "smoothing": stats});
         Ok((model, secs + vls_secs, quality, info))
     }
@@ -858,10 +873,16 @@ impl<'a> Experiment<'a> {
 }
 
 /// The middle slice along `axis` of a 3D array (2D arrays are returned as they are).
+///
+/// Displayed in radiological convention for RAS volumes sliced axially: the slice
+/// `(x, y)` is transposed to rows = y, flipped so that anterior is at the top.
 fn panel_slice(a: &ArrayD<f32>, axis: usize, _dims: usize) -> ArrayD<f32> {
     if a.ndim() == 3 && axis < 3 {
         let mid = a.shape()[axis] / 2;
-        a.index_axis(Axis(axis), mid).to_owned()
+        let s = a.index_axis(Axis(axis), mid);
+        let mut t = s.t().to_owned();
+        t.invert_axis(Axis(0));
+        t.as_standard_layout().to_owned()
     } else {
         a.clone()
     }
