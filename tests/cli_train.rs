@@ -2,51 +2,21 @@
 //! binary on a tiny phantom dataset (two 16×16×8 training volumes, one test volume)
 //! written with calseg-io.
 
+mod common;
+
 use calseg::io::phantom::{PhantomConfig, generate};
 use calseg::io::{self, Geometry, TypedArray};
+use common::{bad, ok, s, scratch_in};
 use ndarray::{ArrayD, Axis};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-const BIN: &str = env!("CARGO_BIN_EXE_calseg");
 const K: usize = 3;
 const SHAPE: [usize; 3] = [16, 16, 8];
 
-/// A fresh, empty scratch folder for one test.
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("calseg-cli-train-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn calseg(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = calseg(args);
-    assert!(
-        out.status.success(),
-        "calseg {args:?} failed ({:?}): {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Runs a command that must fail with exit status 2; returns its stderr.
-fn bad(args: &[&str]) -> String {
-    let out = calseg(args);
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(2), "calseg {args:?}: {err}");
-    err
+    scratch_in("cli-train", name)
 }
 
 /// Writes a Decathlon folder: `train` phantom training cases with labels and one test

@@ -2,81 +2,27 @@
 //! --method soft` on their output): the built binary on a tiny phantom dataset (three
 //! 16×16×8 training volumes) written with calseg-io.
 
+mod common;
+
 use calseg::io::phantom::{PhantomConfig, generate};
 use calseg::io::{self, Geometry, TypedArray};
+use common::{bad, ok, s, scratch_in};
 use ndarray::{ArrayD, Axis};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-const BIN: &str = env!("CARGO_BIN_EXE_calseg");
 const K: usize = 3;
 const SHAPE: [usize; 3] = [16, 16, 8];
 const CASES: [&str; 3] = ["ph_0", "ph_1", "ph_2"];
 
-/// A fresh, empty scratch folder for one test.
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("calseg-cli-vls-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn calseg(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = calseg(args);
-    assert!(
-        out.status.success(),
-        "calseg {args:?} failed ({:?}): {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Runs a command that must fail with exit status 2; returns its stderr.
-fn bad(args: &[&str]) -> String {
-    let out = calseg(args);
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(2), "calseg {args:?}: {err}");
-    err
+    scratch_in("cli-vls", name)
 }
 
 /// A one-channel, three-class Decathlon folder with the phantom cases [`CASES`].
 fn write_dataset(root: &Path) -> PathBuf {
-    let data = root.join("Dataset002_Phantom");
-    for sub in ["imagesTr", "labelsTr"] {
-        std::fs::create_dir_all(data.join(sub)).unwrap();
-    }
-    std::fs::write(
-        data.join("dataset.json"),
-        r#"{"channel_names": {"0": "MR"}, "labels": {"background": 0, "A": 1, "B": 2},
-            "numTraining": 3, "file_ending": ".nii.gz"}"#,
-    )
-    .unwrap();
-    let geo = Geometry::with_spacing(vec![1.0, 1.0, 2.0]);
-    let cfg = PhantomConfig {
-        shape: SHAPE.to_vec(),
-        classes: K,
-        supersample: 2,
-        ..PhantomConfig::default()
-    };
-    for (i, id) in CASES.iter().enumerate() {
-        let ph = generate(&cfg, 20 + i as u64).unwrap();
-        let img = ph.image.index_axis(Axis(0), 0).to_owned();
-        io::write_nifti(data.join(format!("imagesTr/{id}_0000.nii.gz")), &img, &geo).unwrap();
-        io::write_nifti_labels(data.join(format!("labelsTr/{id}.nii.gz")), &ph.labels, &geo)
-            .unwrap();
-    }
-    data
+    common::phantom_dataset(root, "Dataset002_Phantom", &CASES, K, &SHAPE, 20)
 }
 
 /// The shared fixture: the dataset and a VLS trained on it for one short epoch.

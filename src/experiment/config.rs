@@ -299,8 +299,26 @@ impl ExperimentConfig {
 /// The budget of `calseg demo` on the embedded ICBM152 brain (2D axial slices of
 /// 80×100, base-16 depth-3 U-Nets): long enough that CE becomes over-confident, short
 /// enough for ≤ 15 minutes on 2 cores.
+///
+/// Measured choices (benches/RESULTS.md): base-8 nets (a base-16 step costs 2.3× as much
+/// on 2 cores), 450 AdamW steps of 8 slices per net with a cosine schedule, a smoother
+/// with the same 450 steps (with 300 it never predicted the thin CSF class, and every
+/// net trained on its soft labels lost CSF), and a validation sweep of α ∈ {0.5, 1} at
+/// τ = 1.
 pub fn demo() -> ExperimentConfig {
-    ExperimentConfig::default()
+    let mut c = ExperimentConfig::default();
+    c.net.base = 8;
+    c.train.epochs = 15;
+    c.train.iters_per_epoch = Some(30);
+    c.train.lr = 3e-3;
+    c.vls.base = 8;
+    c.vls.enc_base = 8;
+    c.vls_train.epochs = 15;
+    c.vls_train.iters_per_epoch = Some(30);
+    c.vls_train.lr = 3e-3;
+    c.calseg.alpha = vec![0.5, 1.0];
+    c.calseg.tau = vec![1.0];
+    c
 }
 
 /// `calseg demo --quick`: a smoke test of every stage in a few minutes.

@@ -92,6 +92,9 @@ fn run_err(what: &str, e: impl std::fmt::Display) -> ExperimentError {
     ExperimentError::Run(format!("{what}: {e}"))
 }
 
+/// How far below the best validation Dice a CALSeg setting may fall and still be chosen.
+const DICE_TOLERANCE: f64 = 0.02;
+
 /// Result alias of the runner.
 pub type Result<T> = std::result::Result<T, ExperimentError>;
 
@@ -606,7 +609,8 @@ impl<'a> Experiment<'a> {
             .iter()
             .flat_map(|&a| self.cfg.calseg.tau.iter().map(move |&t| (a, t)))
             .collect();
-        let mut best: Option<(f64, f64, SegModel, f64, f64, f64)> = None;
+        // (α, τ, model, seconds, validation ECE, NLL, mean foreground Dice)
+        let mut tried: Vec<(f64, f64, SegModel, f64, f64, f64, f64)> = Vec::new();
         let mut sweep = Vec::new();
         for &(alpha, tau) in &combos {
             let tag = format!("a{alpha}_t{tau}");
@@ -630,7 +634,7 @@ impl<'a> Experiment<'a> {
             };
             let (model, secs) =
                 self.seg_net(p, &name, "soft", TargetSource::Dir(sdir), seed, dir)?;
-            let (ece, nll) = if combos.len() > 1 {
+            let (ece, nll, dice) = if combos.len() > 1 {
                 let val = self.set(
                     &p.val,
                     p,
@@ -638,20 +642,35 @@ impl<'a> Experiment<'a> {
                     model.info().unet.size_multiple(),
                 )?;
                 let m = validate(&model, &val, self.cfg.train.batch_size)?;
-                (m.ece, m.nll)
+                (m.ece, m.nll, m.dice_mean_fg)
             } else {
-                (f64::NAN, f64::NAN)
+                (f64::NAN, f64::NAN, f64::NAN)
             };
-            sweep.push(json!({"alpha": alpha, "tau": tau, "val_ece": ece, "val_nll": nll}));
+            sweep.push(json!({"alpha": alpha, "tau": tau, "val_ece": ece, "val_nll": nll, "val_dice_mean_fg": dice}));
+            tried.push((alpha, tau, model, secs, ece, nll, dice));
+        }
+        // The lowest validation ECE (ties: NLL) among the settings whose validation Dice
+        // is within DICE_TOLERANCE of the best one: calibration must not be bought with a
+        // lost class (α = 1 trains on y_s alone, which can drop a thin class such as CSF).
+        let best_dice = tried
+            .iter()
+            .map(|t| t.6)
+            .filter(|d| d.is_finite())
+            .fold(f64::NEG_INFINITY, f64::max);
+        let mut best: Option<(f64, f64, SegModel, f64, f64, f64, f64)> = None;
+        for t in tried {
+            if best_dice.is_finite() && t.6.is_finite() && t.6 < best_dice - DICE_TOLERANCE {
+                continue;
+            }
             let better = match &best {
                 None => true,
-                Some((_, _, _, _, be, bn)) => ece < *be || (ece == *be && nll < *bn),
+                Some(b) => t.4 < b.4 || (t.4 == b.4 && t.5 < b.5),
             };
             if better {
-                best = Some((alpha, tau, model, secs, ece, nll));
+                best = Some(t);
             }
         }
-        let Some((alpha, tau, model, secs, _, _)) = best else {
+        let Some((alpha, tau, model, secs, _, _, _)) = best else {
             return Err(ExperimentError::Input(
                 "calseg: no (alpha, tau) to try".into(),
             ));
@@ -662,12 +681,18 @@ impl<'a> Experiment<'a> {
         for ((st, c), y) in stats.iter_mut().zip(&p.train).zip(&ys) {
             if let (Some(labels), Value::Object(o)) = (&c.label, st) {
                 let soft = mix::mix(&labels.view(), &mix::temperature(y, tau)?, alpha)?;
-                o.insert("flipped_fraction".into(), json!(mix::label_disagreement(&soft, &labels.view())?));
+                o.insert(
+                    "flipped_fraction".into(),
+                    json!(mix::label_disagreement(&soft, &labels.view())?),
+                );
                 o.insert("mean_entropy".into(), json!(mix::mean_entropy(&soft)?));
-                o.insert("mean_entropy_ys".into(), json!(mix::mean_entropy(&mix::temperature(y, tau)?)?));
+                o.insert(
+                    "mean_entropy_ys".into(),
+                    json!(mix::mean_entropy(&mix::temperature(y, tau)?)?),
+                );
             }
         }
-        let info = json!({"alpha": alpha, "tau": tau, "samples": self.cfg.calseg.samples, "from": serde_json::to_value(self.cfg.calseg.from).unwrap_or(Value::Null), "chosen_by": if combos.len() > 1 { "lowest validation ECE" } else { "configuration (single value)" }, "sweep": sweep, "smoother_seconds": vls_secs, "smoothing": stats});
+        let info = json!({"alpha": alpha, "tau": tau, "samples": self.cfg.calseg.samples, "from": serde_json::to_value(self.cfg.calseg.from).unwrap_or(Value::Null), "chosen_by": if combos.len() > 1 { "lowest validation ECE among settings within 0.02 of the best validation Dice" } else { "configuration (single value)" }, "sweep": sweep, "smoother_seconds": vls_secs, "smoothing": stats});
         Ok((model, secs + vls_secs, quality, info))
     }
 

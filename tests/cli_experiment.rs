@@ -1,0 +1,168 @@
+//! End-to-end test of `calseg experiment`: every method (and `ce+ts`, and a two-value α
+//! sweep for CALSeg) on a tiny phantom dataset with a tiny budget; checks the contract
+//! keys of `results.json`, the report files, that a re-run skips the finished stages, and
+//! that bad options exit 2.
+
+mod common;
+
+use common::{bad, ok, s, scratch_in};
+use serde_json::Value;
+
+const METHODS: [&str; 8] = [
+    "ce", "ce+ts", "ls", "focal", "svls", "mbls", "nacl", "calseg",
+];
+
+const TINY: &str = r#"
+[net]
+base = 4
+depth = 2
+[train]
+epochs = 2
+iters_per_epoch = 2
+batch_size = 4
+validate_every = 0
+[vls]
+base = 4
+enc_base = 4
+enc_levels = 3
+depth = 2
+[vls_train]
+epochs = 2
+iters_per_epoch = 2
+batch_size = 4
+validate_every = 0
+[calseg]
+samples = 3
+alpha = [0.5, 1.0]
+[split]
+min_cases = 3
+test_fraction = 0.25
+[eval]
+hd95 = true
+"#;
+
+#[test]
+fn experiment_end_to_end_and_resumable() {
+    let root = scratch_in("cli-experiment", "e2e");
+    let ids = ["ph_0", "ph_1", "ph_2", "ph_3"];
+    let data = common::phantom_dataset(&root, "Dataset003_Phantom", &ids, 3, &[16, 16, 8], 40);
+    let cfg = root.join("tiny.toml");
+    std::fs::write(&cfg, TINY).unwrap();
+    let out = root.join("out");
+    let args = [
+        "experiment",
+        "--data",
+        s(&data),
+        "--out",
+        s(&out),
+        "--config",
+        s(&cfg),
+        "--quiet",
+    ];
+    let stdout = ok(&args);
+    assert!(stdout.contains("| calseg |"), "{stdout}");
+
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    for m in METHODS {
+        let r = &json["methods"][m];
+        for key in [
+            "ece",
+            "ece_fg",
+            "mce",
+            "cece",
+            "ace",
+            "brier",
+            "nll",
+            "dice_mean_fg",
+            "train_seconds",
+        ] {
+            assert!(r[key].is_number(), "{m}.{key} missing: {r}");
+        }
+        assert_eq!(r["dice"].as_array().map(Vec::len), Some(3), "{m}: {r}");
+        assert!(r.get("hd95_mean_fg").is_some());
+        let ece = r["ece"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&ece), "{m}: ece {ece}");
+    }
+    // Split by cases (4 cases, min_cases 3): one test case, validation out of the rest.
+    assert_eq!(json["split"]["kind"], "held-out cases");
+    assert_eq!(json["split"]["test"].as_array().map(Vec::len), Some(1));
+    // The α sweep was decided on validation and says so.
+    let tuned = &json["config"]["tuned_on_validation"]["seed0"];
+    assert!(tuned["calseg"]["chosen_by"].as_str().unwrap().starts_with("lowest validation ECE"));
+    assert_eq!(tuned["calseg"]["sweep"].as_array().map(Vec::len), Some(2));
+    assert!(tuned["ce+ts.temperature"].as_f64().unwrap() > 0.0);
+    for f in [
+        "results.md",
+        "split.json",
+        "reliability_all.png",
+        "reliability_all.svg",
+        "reliability_calseg.png",
+        "reliability_ce_ts.svg",
+        "panel.png",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    // Re-running finds every stage done and gives the same numbers.
+    let out2 = common::calseg(&args);
+    assert!(out2.status.success());
+    let err = String::from_utf8_lossy(&out2.stderr);
+    assert!(err.contains("trained already"), "{err}");
+    assert!(!err.contains("training ce\n"), "{err}");
+    let again: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(
+        json["methods"]["calseg"]["ece"],
+        again["methods"]["calseg"]["ece"]
+    );
+}
+
+#[test]
+fn bad_experiment_options_exit_2() {
+    let root = scratch_in("cli-experiment", "bad");
+    let data =
+        common::phantom_dataset(&root, "Dataset004_Phantom", &["a", "b"], 3, &[16, 16, 8], 1);
+    let out = root.join("out");
+    let err = bad(&[
+        "experiment",
+        "--data",
+        s(&data),
+        "--out",
+        s(&out),
+        "--methods",
+        "ce,magic",
+    ]);
+    assert!(err.contains("magic"), "{err}");
+    let cfg = root.join("bad.toml");
+    std::fs::write(&cfg, "[calseg]\nalpha = [1.5]\n").unwrap();
+    let err = bad(&[
+        "experiment",
+        "--data",
+        s(&data),
+        "--out",
+        s(&out),
+        "--config",
+        s(&cfg),
+    ]);
+    assert!(err.contains("alpha"), "{err}");
+    std::fs::write(&cfg, "[trian]\nepochs = 1\n").unwrap();
+    let err = bad(&[
+        "experiment",
+        "--data",
+        s(&data),
+        "--out",
+        s(&out),
+        "--config",
+        s(&cfg),
+    ]);
+    assert!(err.contains("bad.toml"), "{err}");
+    let err = bad(&[
+        "experiment",
+        "--data",
+        s(&root.join("nope")),
+        "--out",
+        s(&out),
+    ]);
+    assert!(err.contains("nope"), "{err}");
+    assert!(!out.exists(), "nothing may be written on bad input");
+}

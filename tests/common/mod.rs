@@ -1,0 +1,98 @@
+//! Helpers shared by the end-to-end tests that run the built `calseg` binary.
+#![allow(dead_code)]
+
+use calseg::io::phantom::{PhantomConfig, generate};
+use calseg::io::{self, Geometry};
+use ndarray::Axis;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The `calseg` binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_calseg");
+
+/// A fresh, empty scratch folder `calseg-{tag}-{pid}-{name}` for one test.
+pub fn scratch_in(tag: &str, name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("calseg-{tag}-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A path as `&str` (test paths are UTF-8).
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Runs `calseg ARGS`.
+pub fn calseg(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+/// Runs a command that must succeed; returns its stdout.
+pub fn ok(args: &[&str]) -> String {
+    let out = calseg(args);
+    assert!(
+        out.status.success(),
+        "calseg {args:?} failed ({:?}): {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command that must fail with exit status 2; returns its stderr.
+pub fn bad(args: &[&str]) -> String {
+    let out = calseg(args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "calseg {args:?}: {err}");
+    err
+}
+
+/// A one-channel Decathlon folder `root/name` of seeded phantom training cases `ids`
+/// (`k` classes, spatial `shape`, spacing 1×1×2 mm, case `i` drawn with seed `seed + i`).
+pub fn phantom_dataset(
+    root: &Path,
+    name: &str,
+    ids: &[&str],
+    k: usize,
+    shape: &[usize],
+    seed: u64,
+) -> PathBuf {
+    let data = root.join(name);
+    for sub in ["imagesTr", "labelsTr"] {
+        std::fs::create_dir_all(data.join(sub)).unwrap();
+    }
+    let labels: Vec<String> = (0..k)
+        .map(|c| {
+            if c == 0 {
+                "\"background\": 0".to_string()
+            } else {
+                format!("\"C{c}\": {c}")
+            }
+        })
+        .collect();
+    std::fs::write(
+        data.join("dataset.json"),
+        format!(
+            r#"{{"channel_names": {{"0": "MR"}}, "labels": {{{}}}, "numTraining": {}, "file_ending": ".nii.gz"}}"#,
+            labels.join(", "),
+            ids.len()
+        ),
+    )
+    .unwrap();
+    let geo = Geometry::with_spacing(vec![1.0, 1.0, 2.0]);
+    let cfg = PhantomConfig {
+        shape: shape.to_vec(),
+        classes: k,
+        supersample: 2,
+        ..PhantomConfig::default()
+    };
+    for (i, id) in ids.iter().enumerate() {
+        let ph = generate(&cfg, seed + i as u64).unwrap();
+        let img = ph.image.index_axis(Axis(0), 0).to_owned();
+        io::write_nifti(data.join(format!("imagesTr/{id}_0000.nii.gz")), &img, &geo).unwrap();
+        io::write_nifti_labels(data.join(format!("labelsTr/{id}.nii.gz")), &ph.labels, &geo)
+            .unwrap();
+    }
+    data
+}
