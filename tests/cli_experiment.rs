@@ -89,7 +89,12 @@ fn experiment_end_to_end_and_resumable() {
     assert_eq!(json["split"]["test"].as_array().map(Vec::len), Some(1));
     // The α sweep was decided on validation and says so.
     let tuned = &json["config"]["tuned_on_validation"]["seed0"];
-    assert!(tuned["calseg"]["chosen_by"].as_str().unwrap().starts_with("lowest validation ECE"));
+    assert!(
+        tuned["calseg"]["chosen_by"]
+            .as_str()
+            .unwrap()
+            .starts_with("lowest validation ECE")
+    );
     assert_eq!(tuned["calseg"]["sweep"].as_array().map(Vec::len), Some(2));
     assert!(tuned["ce+ts.temperature"].as_f64().unwrap() > 0.0);
     for f in [

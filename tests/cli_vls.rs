@@ -4,8 +4,7 @@
 
 mod common;
 
-use calseg::io::phantom::{PhantomConfig, generate};
-use calseg::io::{self, Geometry, TypedArray};
+use calseg::io::{self, TypedArray};
 use common::{bad, ok, s, scratch_in};
 use ndarray::{ArrayD, Axis};
 use serde_json::Value;
