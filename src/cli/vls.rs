@@ -69,9 +69,19 @@ pub struct VlsTrainArgs {
     /// 2^max(depth, enc-levels − 1)).
     #[arg(long, default_value_t = 5)]
     enc_levels: usize,
+    /// Width of the posterior encoder's first level (doubling per level).
+    #[arg(long, default_value_t = 24)]
+    enc_base: usize,
     /// Free bits: floor of each latent dimension's batch-mean KL, in nats.
     #[arg(long, default_value_t = 0.5)]
     free_bits: f64,
+    /// Weight of the soft-Dice term added to the segmentation CE (0 = plain CE, the
+    /// paper's loss; 1 keeps thin, rare classes such as CSF).
+    #[arg(long, default_value_t = 1.0)]
+    dice_weight: f64,
+    /// Weight of the image-reconstruction MSE.
+    #[arg(long, default_value_t = 1.0)]
+    lambda_rec: f64,
     /// Samples per batch.
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
@@ -175,7 +185,10 @@ fn train(args: VlsTrainArgs) -> CliResult {
         base: args.base,
         depth: args.depth,
         enc_levels: args.enc_levels,
+        enc_base: args.enc_base,
         free_bits: args.free_bits,
+        dice_weight: args.dice_weight,
+        lambda_rec: args.lambda_rec,
         ..VlsConfig::default()
     };
     cfg.validate().map_err(|e| {

@@ -22,9 +22,7 @@ use calseg_seg::infer::{InferOptions, InferSpec, predict_logits, softmax_classes
 use calseg_seg::loss::LossConfig;
 use calseg_seg::model::{InputSpec, SegModel};
 use calseg_seg::net::UNetConfig;
-use calseg_seg::train::{
-    Layout, SetOptions, TargetSource, TrainSet, Trainer, TrainerConfig, validate,
-};
+use calseg_seg::train::{Layout, SetOptions, TargetSource, TrainSet, Trainer, TrainerConfig};
 use calseg_vls::smooth::{SmoothConfig, smooth_case};
 use calseg_vls::{VlsError, VlsModel, mix};
 use candle_core::Device;
@@ -635,14 +633,7 @@ impl<'a> Experiment<'a> {
             let (model, secs) =
                 self.seg_net(p, &name, "soft", TargetSource::Dir(sdir), seed, dir)?;
             let (ece, nll, dice) = if combos.len() > 1 {
-                let val = self.set(
-                    &p.val,
-                    p,
-                    TargetSource::OneHot,
-                    model.info().unet.size_multiple(),
-                )?;
-                let m = validate(&model, &val, self.cfg.train.batch_size)?;
-                (m.ece, m.nll, m.dice_mean_fg)
+                self.val_scores(&model, p)?
             } else {
                 (f64::NAN, f64::NAN, f64::NAN)
             };
@@ -742,6 +733,34 @@ impl<'a> Experiment<'a> {
             "metric": "mean total variation distance ½Σ_k|Y_k − P_true,k| to softlabelsTr, inside the evaluation mask, training parts",
             "tv": rows.into_iter().map(|(k, (s, n))| (k, json!(s / n as f64))).collect::<serde_json::Map<_, _>>(),
         }))
+    }
+
+    /// Validation ECE, NLL and mean foreground Dice of `model`, scored like the test
+    /// part (whole cases or slabs, inside the evaluation mask when there is one), so the
+    /// CALSeg sweep selects on the same region the report scores.
+    fn val_scores(&self, model: &SegModel, p: &Parts) -> Result<(f64, f64, f64)> {
+        let spec = InferSpec::of(model);
+        let opts = InferOptions::default();
+        let mut ev: Option<Evaluator> = None;
+        for (c, part) in p.val.iter().zip(&p.plan.val) {
+            let labels = c
+                .label
+                .as_ref()
+                .ok_or_else(|| ExperimentError::Input(format!("case {}: no labels", c.id)))?;
+            let logits = predict_logits(model, &spec, c.image.clone(), &opts)?;
+            let probs = softmax_classes(logits, model.temperature())?;
+            let mask = self.masks.for_part(part)?;
+            let e = ev.get_or_insert(Evaluator::new(self.metric_config(mask.is_some()))?);
+            let input = calseg_metrics::Input::new(probs.view(), labels.view())?;
+            match &mask {
+                Some(m) => e.update_input(&input.with_mask(m.view())?)?,
+                None => e.update_input(&input)?,
+            }
+        }
+        let r = ev
+            .ok_or_else(|| ExperimentError::Input("no validation data".into()))?
+            .finish()?;
+        Ok((r.ece, r.nll, r.dice_mean_fg))
     }
 
     fn metric_config(&self, masked: bool) -> MetricConfig {

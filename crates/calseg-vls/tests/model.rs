@@ -242,7 +242,7 @@ fn trainable_logs_and_epoch_report() {
         let (loss, logs) = model.loss(&batch, &info, &mut rng).unwrap();
         assert!(loss.to_scalar::<f32>().unwrap().is_finite());
         let get = |k: &str| logs.iter().find(|(n, _)| n == k).map(|(_, v)| *v).unwrap();
-        for key in ["ce", "mse", "kl", "beta"] {
+        for key in ["ce", "dice", "mse", "kl", "beta"] {
             assert!(get(key).is_finite(), "{key}");
         }
         let dims: f64 = (0..3).map(|d| get(&format!("kl_{d}"))).sum();
@@ -298,4 +298,47 @@ fn save_and_load_round_trip() {
         .unwrap();
     assert_eq!(pa, pb);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The Dice term enters the loss with exactly its weight: same weights, same latent
+/// noise, `dice_weight` 0 and 2 differ by 2·Dice.
+#[test]
+fn dice_weight_adds_weighted_soft_dice() {
+    let dev = Device::Cpu;
+    let mut rng = StdRng::seed_from_u64(9);
+    let x = randn(&mut rng, &[2, 2, 16, 16], DType::F32, &dev).unwrap();
+    let y = labels(&mut rng, &[2, 16, 16], 3);
+    let info = StepInfo {
+        step: 1,
+        epoch: 0,
+        total_steps: 2,
+        epochs: 1,
+    };
+    let parts = |w: f64| {
+        let cfg = VlsConfig {
+            dice_weight: w,
+            ..tiny(2, LatentMode::Global)
+        };
+        let model = VlsModel::new(&cfg, 3, &dev).unwrap();
+        let batch = Batch {
+            target: model.one_hot(&y).unwrap(),
+            image: x.clone(),
+            labels: y.clone(),
+        };
+        model
+            .loss_parts(&batch, &info, &mut StdRng::seed_from_u64(1))
+            .unwrap()
+    };
+    let (p0, p2) = (parts(0.0), parts(2.0));
+    assert_abs_diff_eq!(p0.dice, p2.dice, epsilon = 1e-12);
+    assert!(p0.dice > 0.0 && p0.dice < 1.0, "dice {}", p0.dice);
+    let t0 = f64::from(p0.total.to_scalar::<f32>().unwrap());
+    let t2 = f64::from(p2.total.to_scalar::<f32>().unwrap());
+    assert_abs_diff_eq!(t2 - t0, 2.0 * p0.dice, epsilon = 1e-5);
+    // A negative weight is a configuration error.
+    let bad = VlsConfig {
+        dice_weight: -1.0,
+        ..tiny(2, LatentMode::Global)
+    };
+    assert!(matches!(bad.validate(), Err(VlsError::Config(_))));
 }
