@@ -8,7 +8,8 @@
 //! SVLS(σ)  = ½ · onehot(y)(c) + ½ · Σ_{n ≠ c} w_n · onehot(y)(n),   w_n ∝ exp(−|n − c|² / 2σ²)
 //! ```
 //!
-//! SVLS (Islam & Glocker, 2021) uses the 3^d neighbourhood (8 neighbours in 2D, 26 in
+//! SVLS (Islam & Glocker, 2021; computed by calseg-seg's [`calseg_seg::loss::svls_smooth`],
+//! the SVLS loss's own targets) uses the 3^d neighbourhood (8 neighbours in 2D, 26 in
 //! 3D) with replicate padding at the borders; its weights are normalised over the
 //! neighbours, so the centre keeps ½ and the neighbours share ½.
 //!
@@ -18,7 +19,9 @@
 
 use crate::error::{Result, VlsError};
 use crate::mix::one_hot;
-use ndarray::{ArrayD, ArrayViewD, IxDyn};
+use calseg_seg::convert::{array_to_tensor, tensor_to_array};
+use candle_core::Device;
+use ndarray::{ArrayD, ArrayViewD, Axis};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -91,68 +94,17 @@ pub fn svls(labels: &ArrayViewD<'_, u32>, k: usize, sigma: f64) -> Result<ArrayD
             "SVLS sigma must be > 0, got {sigma}"
         )));
     }
-    let shape = labels.shape().to_vec();
-    let nd = shape.len();
-    if nd == 0 {
+    if labels.ndim() == 0 {
         return Err(VlsError::Shape(
             "SVLS needs at least one spatial axis".into(),
         ));
     }
-    let lab: Vec<u32> = labels.iter().copied().collect();
-    if let Some(&bad) = lab.iter().find(|&&l| l as usize >= k) {
-        return Err(VlsError::Shape(format!(
-            "label {bad} ≥ number of classes {k}"
-        )));
-    }
-    // Offsets in {−1, 0, 1}^d without the centre, with their normalised weights.
-    let mut offsets: Vec<(Vec<isize>, f64)> = Vec::new();
-    for code in 0..3usize.pow(nd as u32) {
-        let mut c = code;
-        let off: Vec<isize> = (0..nd)
-            .map(|_| {
-                let o = (c % 3) as isize - 1;
-                c /= 3;
-                o
-            })
-            .collect();
-        if off.iter().all(|&o| o == 0) {
-            continue;
-        }
-        let r2: f64 = off.iter().map(|&o| (o * o) as f64).sum();
-        offsets.push((off, (-r2 / (2.0 * sigma * sigma)).exp()));
-    }
-    let wsum: f64 = offsets.iter().map(|(_, w)| w).sum();
-    let mut strides = vec![1usize; nd];
-    for d in (0..nd - 1).rev() {
-        strides[d] = strides[d + 1] * shape[d + 1];
-    }
-    let v = lab.len();
-    let mut vk = vec![0.0f32; v * k];
-    vk.par_chunks_mut(k).enumerate().for_each(|(i, row)| {
-        let mut acc = vec![0.0f64; k];
-        acc[lab[i] as usize] += 0.5;
-        for (off, w) in &offsets {
-            let mut j = 0usize;
-            for d in 0..nd {
-                let p = ((i / strides[d]) % shape[d]) as isize + off[d];
-                let p = p.clamp(0, shape[d] as isize - 1) as usize;
-                j += p * strides[d];
-            }
-            acc[lab[j] as usize] += 0.5 * w / wsum;
-        }
-        for (r, a) in row.iter_mut().zip(&acc) {
-            *r = *a as f32;
-        }
-    });
-    let mut out = vec![0.0f32; v * k];
-    for (i, row) in vk.chunks(k).enumerate() {
-        for (c, &x) in row.iter().enumerate() {
-            out[c * v + i] = x;
-        }
-    }
-    let mut full = vec![k];
-    full.extend_from_slice(&shape);
-    ArrayD::from_shape_vec(IxDyn(&full), out).map_err(|e| VlsError::Shape(e.to_string()))
+    // The one formula lives in calseg-seg (the SVLS loss's targets): one-hot, then the
+    // separable Gaussian with replicate borders, on a batch of one.
+    let oh = one_hot(labels, k)?.insert_axis(Axis(0));
+    let t = array_to_tensor(oh.view(), &Device::Cpu)?;
+    let smooth = calseg_seg::loss::svls_smooth(&t, 3, sigma)?;
+    Ok(tensor_to_array::<f32>(&smooth)?.index_axis_move(Axis(0), 0))
 }
 
 /// One row of a soft-label quality table.
