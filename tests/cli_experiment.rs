@@ -169,5 +169,25 @@ fn bad_experiment_options_exit_2() {
         s(&out),
     ]);
     assert!(err.contains("nope"), "{err}");
+    // An evaluation mask on another grid is found before any training.
+    let mask = root.join("mask.nii.gz");
+    let geometry = calseg::io::Geometry::unit(3);
+    calseg::io::write_nifti_labels(
+        &mask,
+        &ndarray::ArrayD::<u32>::ones(ndarray::IxDyn(&[9, 9, 9])),
+        &geometry,
+    )
+    .unwrap();
+    std::fs::write(&cfg, format!("[eval]\nmask = {:?}\n", s(&mask))).unwrap();
+    let err = bad(&[
+        "experiment",
+        "--data",
+        s(&data),
+        "--out",
+        s(&out),
+        "--config",
+        s(&cfg),
+    ]);
+    assert!(err.contains("mask"), "{err}");
     assert!(!out.exists(), "nothing may be written on bad input");
 }

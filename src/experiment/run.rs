@@ -71,8 +71,15 @@ impl From<VlsError> for ExperimentError {
     }
 }
 impl From<MetricsError> for ExperimentError {
+    /// Output and rendering failures are run errors; everything else (a mask or label
+    /// map of the wrong shape, a label out of range, …) is wrong input (exit status 2).
     fn from(e: MetricsError) -> Self {
-        ExperimentError::Run(format!("metrics: {e}"))
+        match e {
+            MetricsError::Output { .. } | MetricsError::Render(_) => {
+                ExperimentError::Run(format!("metrics: {e}"))
+            }
+            _ => ExperimentError::Input(format!("metrics: {e}")),
+        }
     }
 }
 impl From<ReportError> for ExperimentError {
@@ -249,9 +256,10 @@ impl<'a> Experiment<'a> {
 
     /// Runs every stage not yet done and writes the report.
     pub fn run(&self) -> Result<Outcome> {
+        let parts = self.load_parts()?;
+        self.check_masks(&parts)?;
         std::fs::create_dir_all(&self.out)
             .map_err(|e| run_err(&format!("creating {}", self.out.display()), e))?;
-        let parts = self.load_parts()?;
         self.write_json(
             &self.out.join("split.json"),
             &serde_json::to_value(&parts.plan).unwrap_or(Value::Null),
@@ -733,6 +741,26 @@ impl<'a> Experiment<'a> {
             "metric": "mean total variation distance ½Σ_k|Y_k − P_true,k| to softlabelsTr, inside the evaluation mask, training parts",
             "tv": rows.into_iter().map(|(k, (s, n))| (k, json!(s / n as f64))).collect::<serde_json::Map<_, _>>(),
         }))
+    }
+
+    /// Every evaluation mask must lie on its part's grid; checked before any training
+    /// (a wrong mask is bad input, exit status 2, not a failure an hour later).
+    fn check_masks(&self, p: &Parts) -> Result<()> {
+        for (cases, plan) in [(&p.val, &p.plan.val), (&p.test, &p.plan.test)] {
+            for (c, part) in cases.iter().zip(plan) {
+                if let (Some(m), Some(l)) = (self.masks.for_part(part)?, c.label.as_ref()) {
+                    if m.shape() != l.shape() {
+                        return Err(ExperimentError::Input(format!(
+                            "evaluation mask of shape {:?} does not match case {} of shape {:?}",
+                            m.shape(),
+                            c.id,
+                            l.shape()
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Validation ECE, NLL and mean foreground Dice of `model`, scored like the test
