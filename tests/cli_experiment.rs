@@ -139,28 +139,29 @@ fn bad_experiment_options_exit_2() {
     ]);
     assert!(err.contains("magic"), "{err}");
     let cfg = root.join("bad.toml");
-    std::fs::write(&cfg, "[calseg]\nalpha = [1.5]\n").unwrap();
-    let err = bad(&[
-        "experiment",
-        "--data",
-        s(&data),
-        "--out",
-        s(&out),
-        "--config",
-        s(&cfg),
-    ]);
+    // Runs `calseg experiment` with `toml` as its configuration; returns stderr.
+    let with_config = |toml: &str| {
+        std::fs::write(&cfg, toml).unwrap();
+        bad(&[
+            "experiment",
+            "--data",
+            s(&data),
+            "--out",
+            s(&out),
+            "--config",
+            s(&cfg),
+        ])
+    };
+    let err = with_config("[calseg]\nalpha = [1.5]\n");
     assert!(err.contains("alpha"), "{err}");
-    std::fs::write(&cfg, "[trian]\nepochs = 1\n").unwrap();
-    let err = bad(&[
-        "experiment",
-        "--data",
-        s(&data),
-        "--out",
-        s(&out),
-        "--config",
-        s(&cfg),
-    ]);
+    let err = with_config("[trian]\nepochs = 1\n");
     assert!(err.contains("bad.toml"), "{err}");
+    // An evaluation mask on another grid is found before any training.
+    let mask = root.join("mask.nii.gz");
+    let ones = ndarray::ArrayD::<u32>::ones(ndarray::IxDyn(&[9, 9, 9]));
+    calseg::io::write_nifti_labels(&mask, &ones, &calseg::io::Geometry::unit(3)).unwrap();
+    let err = with_config(&format!("[eval]\nmask = {:?}\n", s(&mask)));
+    assert!(err.contains("mask"), "{err}");
     let err = bad(&[
         "experiment",
         "--data",
@@ -169,25 +170,5 @@ fn bad_experiment_options_exit_2() {
         s(&out),
     ]);
     assert!(err.contains("nope"), "{err}");
-    // An evaluation mask on another grid is found before any training.
-    let mask = root.join("mask.nii.gz");
-    let geometry = calseg::io::Geometry::unit(3);
-    calseg::io::write_nifti_labels(
-        &mask,
-        &ndarray::ArrayD::<u32>::ones(ndarray::IxDyn(&[9, 9, 9])),
-        &geometry,
-    )
-    .unwrap();
-    std::fs::write(&cfg, format!("[eval]\nmask = {:?}\n", s(&mask))).unwrap();
-    let err = bad(&[
-        "experiment",
-        "--data",
-        s(&data),
-        "--out",
-        s(&out),
-        "--config",
-        s(&cfg),
-    ]);
-    assert!(err.contains("mask"), "{err}");
     assert!(!out.exists(), "nothing may be written on bad input");
 }
