@@ -14,7 +14,9 @@ use calseg_seg::SegError;
 use calseg_seg::loss::{LossConfig, Method};
 use calseg_seg::model::{InputSpec, SegModel};
 use calseg_seg::net::UNetConfig;
-use calseg_seg::train::{Layout, SetOptions, TargetSource, TrainSet, Trainer, TrainerConfig};
+use calseg_seg::train::{
+    Layout, SetOptions, TargetSource, TrainReport, TrainSet, Trainable, Trainer, TrainerConfig,
+};
 use candle_core::Device;
 use clap::Args;
 use std::ops::Range;
@@ -47,30 +49,15 @@ pub struct TrainArgs {
     /// Model folder to write (model.safetensors, model.json, checkpoint, train_log.jsonl).
     #[arg(long)]
     out: PathBuf,
-    /// Epochs.
-    #[arg(long, default_value_t = 10)]
-    epochs: usize,
-    /// Seed of the initial weights and of every random choice of the run.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Continue from the checkpoint in `--out` (same seed, batch size and iterations).
-    #[arg(long)]
-    resume: bool,
+    /// Training budget, seed and resume.
+    #[command(flatten)]
+    run: TrainFlags,
     /// Width of the U-Net's first level.
     #[arg(long, default_value_t = 16)]
     base: usize,
     /// Poolings of the U-Net (spatial sizes are padded to multiples of 2^depth).
     #[arg(long, default_value_t = 3)]
     depth: usize,
-    /// Samples per batch.
-    #[arg(long, default_value_t = 8)]
-    batch_size: usize,
-    /// AdamW learning rate.
-    #[arg(long, default_value_t = 1e-3)]
-    lr: f64,
-    /// Optimiser steps per epoch (default: one pass over the samples).
-    #[arg(long)]
-    iters_per_epoch: Option<usize>,
     /// 3D patch size, e.g. 64,64,64 (each a multiple of 2^depth); only with `--dims 3`.
     #[arg(long, value_delimiter = ',')]
     patch: Option<Vec<usize>>,
@@ -80,9 +67,76 @@ pub struct TrainArgs {
     /// Weight of an added soft-Dice term (0 = none).
     #[arg(long, default_value_t = 0.0)]
     dice_weight: f64,
+}
+
+/// The training flags `calseg train` and `calseg vls train` share.
+#[derive(Args, Debug)]
+pub(crate) struct TrainFlags {
+    /// Epochs.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) epochs: usize,
+    /// Seed of the initial weights and of every random choice of the run.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) seed: u64,
+    /// Continue from the checkpoint in `--out` (same seed, batch size and iterations).
+    #[arg(long)]
+    pub(crate) resume: bool,
+    /// Samples per batch.
+    #[arg(long, default_value_t = 8)]
+    pub(crate) batch_size: usize,
+    /// AdamW learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    pub(crate) lr: f64,
+    /// Optimiser steps per epoch (default: one pass over the samples).
+    #[arg(long)]
+    pub(crate) iters_per_epoch: Option<usize>,
     /// No progress bars.
     #[arg(long)]
-    quiet: bool,
+    pub(crate) quiet: bool,
+}
+
+impl TrainFlags {
+    /// Checks the flags (bad input before any work).
+    pub(crate) fn check(&self) -> Result<(), CliError> {
+        if self.epochs == 0 || self.batch_size == 0 || self.iters_per_epoch == Some(0) {
+            return Err(bad(
+                "--epochs, --batch-size and --iters-per-epoch must be positive",
+            ));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(bad(format!(
+                "--lr must be finite and positive, got {}",
+                self.lr
+            )));
+        }
+        Ok(())
+    }
+
+    /// Trains `model` on `train` (validating on `val`, checkpoints in `out`); returns the
+    /// report and the wall-clock seconds.
+    pub(crate) fn fit<M: Trainable>(
+        &self,
+        model: &M,
+        train: &TrainSet,
+        val: &TrainSet,
+        out: &Path,
+    ) -> Result<(TrainReport, f64), CliError> {
+        let trainer = Trainer::new(TrainerConfig {
+            epochs: self.epochs,
+            iters_per_epoch: self.iters_per_epoch,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            seed: self.seed,
+            resume: self.resume,
+            quiet: self.quiet,
+            ..TrainerConfig::default()
+        });
+        let t0 = Instant::now();
+        let report = trainer
+            .fit(model, train, Some(val), Some(out))
+            .map_err(seg_err)?;
+        Ok((report, t0.elapsed().as_secs_f64()))
+    }
 }
 
 /// A bad-input error from anything displayable.
@@ -295,17 +349,7 @@ pub fn run(args: TrainArgs) -> CliResult {
         dice_weight: args.dice_weight,
     };
     let loss = loss_cfg.build_arc().map_err(seg_err)?;
-    if args.epochs == 0 || args.batch_size == 0 || args.iters_per_epoch == Some(0) {
-        return Err(bad(
-            "--epochs, --batch-size and --iters-per-epoch must be positive",
-        ));
-    }
-    if !(args.lr.is_finite() && args.lr > 0.0) {
-        return Err(bad(format!(
-            "--lr must be finite and positive, got {}",
-            args.lr
-        )));
-    }
+    args.run.check()?;
     if args.base == 0 || !(1..=8).contains(&args.depth) {
         return Err(bad("--base must be positive and --depth in 1..=8"));
     }
@@ -370,7 +414,7 @@ pub fn run(args: TrainArgs) -> CliResult {
         // The axis of the slice-wise validation split, for `calseg calibrate`.
         o.insert("val_split_axis".into(), serde_json::json!(args.axis));
     }
-    let model = SegModel::new(&ucfg, args.seed, &Device::Cpu)
+    let model = SegModel::new(&ucfg, args.run.seed, &Device::Cpu)
         .map_err(seg_err)?
         .with_loss(loss)
         .with_method(method_json)
@@ -379,22 +423,8 @@ pub fn run(args: TrainArgs) -> CliResult {
             patch: args.patch.clone(),
             train_size: train.batch_shape(),
         });
-    let trainer = Trainer::new(TrainerConfig {
-        epochs: args.epochs,
-        iters_per_epoch: args.iters_per_epoch,
-        batch_size: args.batch_size,
-        lr: args.lr,
-        seed: args.seed,
-        resume: args.resume,
-        quiet: args.quiet,
-        ..TrainerConfig::default()
-    });
-    let t0 = Instant::now();
-    let report = trainer
-        .fit(&model, &train, Some(&val), Some(&args.out))
-        .map_err(seg_err)?;
+    let (report, secs) = args.run.fit(&model, &train, &val, &args.out)?;
     model.save(&args.out).map_err(seg_err)?;
-    let secs = t0.elapsed().as_secs_f64();
     let last_val = report.epochs.iter().rev().find_map(|e| e.val.as_ref());
     let val_text = match last_val {
         Some(v) => format!(

@@ -3,16 +3,15 @@
 //! A VLS model folder holds `model.safetensors` (the parameters) and `vls.json` (the
 //! [`VlsConfig`] it was built with), plus the trainer's checkpoint and log.
 
-use super::train::{bad, failed, layouts, open_dataset, seg_err, train_val_cases};
+use super::train::{TrainFlags, bad, failed, layouts, open_dataset, seg_err, train_val_cases};
 use super::{CliError, CliResult};
 use calseg_io::Case;
-use calseg_seg::train::{SetOptions, TargetSource, TrainSet, Trainer, TrainerConfig};
+use calseg_seg::train::{SetOptions, TargetSource, TrainSet};
 use calseg_vls::smooth::{LatentSource, SmoothConfig, SmoothStats, smooth_case, write_soft_labels};
 use calseg_vls::{VlsConfig, VlsError, VlsModel};
 use candle_core::Device;
 use clap::{Args, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 /// Weights file of a VLS model folder.
 pub const VLS_WEIGHTS: &str = "model.safetensors";
@@ -50,15 +49,9 @@ pub struct VlsTrainArgs {
     /// Latent dimensions L.
     #[arg(long, default_value_t = 3)]
     latent: usize,
-    /// Epochs.
-    #[arg(long, default_value_t = 10)]
-    epochs: usize,
-    /// Seed of the initial weights and of every random choice of the run.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Continue from the checkpoint in `--out`.
-    #[arg(long)]
-    resume: bool,
+    /// Training budget, seed and resume.
+    #[command(flatten)]
+    run: TrainFlags,
     /// Width of the trunk U-Net's first level.
     #[arg(long, default_value_t = 16)]
     base: usize,
@@ -82,21 +75,9 @@ pub struct VlsTrainArgs {
     /// Weight of the image-reconstruction MSE.
     #[arg(long, default_value_t = 1.0)]
     lambda_rec: f64,
-    /// Samples per batch.
-    #[arg(long, default_value_t = 8)]
-    batch_size: usize,
-    /// AdamW learning rate.
-    #[arg(long, default_value_t = 1e-3)]
-    lr: f64,
-    /// Optimiser steps per epoch (default: one pass over the samples).
-    #[arg(long)]
-    iters_per_epoch: Option<usize>,
     /// Axis of the slice-wise validation split (fewer than 5 training cases).
     #[arg(long, default_value_t = 2)]
     axis: usize,
-    /// No progress bars.
-    #[arg(long)]
-    quiet: bool,
 }
 
 /// Latent samples from the posterior q(z|x,y) or the prior N(0, I).
@@ -165,17 +146,7 @@ fn vls_err(e: VlsError) -> CliError {
 }
 
 fn train(args: VlsTrainArgs) -> CliResult {
-    if args.epochs == 0 || args.batch_size == 0 || args.iters_per_epoch == Some(0) {
-        return Err(bad(
-            "--epochs, --batch-size and --iters-per-epoch must be positive",
-        ));
-    }
-    if !(args.lr.is_finite() && args.lr > 0.0) {
-        return Err(bad(format!(
-            "--lr must be finite and positive, got {}",
-            args.lr
-        )));
-    }
+    args.run.check()?;
     let ds = open_dataset(&args.data)?;
     let cfg = VlsConfig {
         dims: args.dims,
@@ -219,21 +190,8 @@ fn train(args: VlsTrainArgs) -> CliResult {
     };
     let train = build(&train_cases, train_layout)?;
     let val = build(&val_cases, val_layout)?;
-    let model = VlsModel::new(&cfg, args.seed, &Device::Cpu).map_err(vls_err)?;
-    let trainer = Trainer::new(TrainerConfig {
-        epochs: args.epochs,
-        iters_per_epoch: args.iters_per_epoch,
-        batch_size: args.batch_size,
-        lr: args.lr,
-        seed: args.seed,
-        resume: args.resume,
-        quiet: args.quiet,
-        ..TrainerConfig::default()
-    });
-    let t0 = Instant::now();
-    let report = trainer
-        .fit(&model, &train, Some(&val), Some(&args.out))
-        .map_err(seg_err)?;
+    let model = VlsModel::new(&cfg, args.run.seed, &Device::Cpu).map_err(vls_err)?;
+    let (report, secs) = args.run.fit(&model, &train, &val, &args.out)?;
     save_vls(&model, &args.out)?;
     for e in &report.epochs {
         let kl: Vec<String> = (0..cfg.latent)
@@ -260,7 +218,7 @@ fn train(args: VlsTrainArgs) -> CliResult {
         train.len(),
         val.len(),
         report.epochs_done,
-        t0.elapsed().as_secs_f64(),
+        secs,
         args.out.display()
     );
     Ok(())
