@@ -230,8 +230,26 @@ impl Default for ExperimentConfig {
 
 impl ExperimentConfig {
     /// Reads a TOML file (missing keys keep their defaults; unknown keys are errors).
+    ///
+    /// Keys left out keep the **experiment's** defaults (those of [`Default`] for
+    /// `ExperimentConfig`, e.g. `net.depth = 3`), not those of the section's own type:
+    /// each section table of the file is laid over the default section key by key.
+    /// A value that is itself a table (`schedule = { cosine = { warmup = 20 } }`,
+    /// `norm = { group = 8 }`) replaces the default value whole.
     pub fn from_toml(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+        let user: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut merged = toml::Table::try_from(Self::default()).map_err(|e| e.to_string())?;
+        for (key, value) in user {
+            match (merged.get_mut(&key), value) {
+                (Some(toml::Value::Table(section)), toml::Value::Table(over)) => {
+                    section.extend(over);
+                }
+                (_, value) => {
+                    merged.insert(key, value);
+                }
+            }
+        }
+        Self::deserialize(merged).map_err(|e| e.to_string())
     }
 
     /// Checks what can be checked before any work starts.
@@ -337,4 +355,33 @@ pub fn demo_quick() -> ExperimentConfig {
     c.calseg.samples = 4;
     c.eval.hd95 = false;
     c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ExperimentConfig;
+
+    /// A partial section keeps the experiment's defaults for the keys it leaves out.
+    #[test]
+    fn partial_sections_keep_experiment_defaults() {
+        let c = ExperimentConfig::from_toml(
+            "seeds = 2\n[net]\nbase = 8\n[train]\nlr = 0.01\nschedule = \"constant\"\n[vls]\nbase = 8\n",
+        )
+        .unwrap();
+        let d = ExperimentConfig::default();
+        assert_eq!(c.seeds, 2);
+        assert_eq!(c.net.base, 8);
+        assert_eq!(c.net.depth, d.net.depth);
+        assert_eq!(c.net.norm, d.net.norm);
+        assert_eq!(c.train.lr, 0.01);
+        assert_eq!(c.train.epochs, d.train.epochs);
+        assert_eq!(c.vls.depth, d.vls.depth);
+        assert_eq!(c.vls.enc_levels, d.vls.enc_levels);
+        assert_eq!(c.vls_train, d.vls_train);
+        assert_ne!(c.train.schedule, d.train.schedule);
+        // The empty file is the default; unknown keys and sections are still errors.
+        assert_eq!(ExperimentConfig::from_toml("").unwrap(), d);
+        assert!(ExperimentConfig::from_toml("[train]\nepohcs = 8\n").is_err());
+        assert!(ExperimentConfig::from_toml("[trian]\nepochs = 1\n").is_err());
+    }
 }

@@ -84,7 +84,7 @@ impl Schedule {
 /// Configuration of a training run (every field has a default, so a partial JSON/TOML
 /// object works).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct TrainerConfig {
     /// Epochs.
     pub epochs: usize,
