@@ -120,6 +120,21 @@ fn experiment_end_to_end_and_resumable() {
         json["methods"]["calseg"]["ece"],
         again["methods"]["calseg"]["ece"]
     );
+    // The experiment's smoother is an ordinary model folder for `calseg vls smooth`.
+    let smoothed = root.join("smoothed");
+    ok(&[
+        "vls",
+        "smooth",
+        "--model",
+        s(&out.join("seed0").join("vls")),
+        "--data",
+        s(&data),
+        "--out",
+        s(&smoothed),
+        "--samples",
+        "2",
+    ]);
+    assert!(smoothed.join("ph_0.safetensors").is_file());
 }
 
 #[test]

@@ -13,11 +13,6 @@ use candle_core::Device;
 use clap::{Args, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
 
-/// Weights file of a VLS model folder.
-pub const VLS_WEIGHTS: &str = "model.safetensors";
-/// Configuration file of a VLS model folder.
-pub const VLS_JSON: &str = "vls.json";
-
 /// Arguments of `calseg vls`.
 #[derive(Args, Debug)]
 pub struct VlsArgs {
@@ -227,33 +222,12 @@ fn train(args: VlsTrainArgs) -> CliResult {
 /// Writes `dir/model.safetensors` (through a temporary file and a rename, so a failed
 /// write leaves no half file) and `dir/vls.json` (atomically).
 fn save_vls(model: &VlsModel, dir: &Path) -> Result<(), CliError> {
-    std::fs::create_dir_all(dir).map_err(|e| failed(format!("{}: {e}", dir.display())))?;
-    let final_path = dir.join(VLS_WEIGHTS);
-    let tmp = dir.join(format!(".{VLS_WEIGHTS}.tmp-{}", std::process::id()));
-    model
-        .save(&tmp)
-        .map_err(|e| failed(format!("{}: {e}", tmp.display())))?;
-    std::fs::rename(&tmp, &final_path)
-        .map_err(|e| failed(format!("{}: {e}", final_path.display())))?;
-    let json = serde_json::to_string_pretty(model.config()).map_err(failed)?;
-    calseg_io::atomic::write_atomic(&dir.join(VLS_JSON), json.as_bytes()).map_err(failed)?;
-    Ok(())
+    model.save_dir(dir).map_err(failed)
 }
 
 /// Loads a VLS model folder (exit 2 naming the file on failure).
 fn load_vls(dir: &Path) -> Result<VlsModel, CliError> {
-    let jp = dir.join(VLS_JSON);
-    let text = std::fs::read_to_string(&jp)
-        .map_err(|e| bad(format!("{}: cannot read: {e}", jp.display())))?;
-    let cfg: VlsConfig = serde_json::from_str(&text)
-        .map_err(|e| bad(format!("{}: not a VLS configuration: {e}", jp.display())))?;
-    cfg.validate()
-        .map_err(|e| bad(format!("{}: {e}", jp.display())))?;
-    let wp = dir.join(VLS_WEIGHTS);
-    if !wp.is_file() {
-        return Err(bad(format!("{}: missing", wp.display())));
-    }
-    VlsModel::load(&cfg, &wp, &Device::Cpu).map_err(|e| bad(format!("{}: {e}", wp.display())))
+    VlsModel::load_dir(dir, &Device::Cpu).map_err(bad)
 }
 
 /// Parses `i/n` with `n ≥ 1` and `i < n`.

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! OUT/split.json                         the split (train / validation / test parts)
-//! OUT/seed{i}/vls/                       smoother: checkpoints, train_log.jsonl, vls.json, model.safetensors
+//! OUT/seed{i}/vls/                       smoother (a `calseg vls smooth --model` folder): vls.json, model.safetensors,
+//!                                        train_info.json, checkpoints, train_log.jsonl
 //! OUT/seed{i}/softlabels/a{α}_t{τ}/      Y_s per training part (CASE.safetensors, tensor soft_labels)
 //! OUT/seed{i}/models/{method}/           one segmentation net per method (model.json written last)
 //! OUT/seed{i}/results.json               the seed's numbers
@@ -553,17 +554,19 @@ impl<'a> Experiment<'a> {
             classes: p.classes,
             ..self.cfg.vls.clone()
         };
-        let weights = vdir.join("model.safetensors");
+        // The folder is a `calseg vls smooth --model` folder (VlsModel::save_dir, whose
+        // vls.json is written last and marks the stage done), plus train_info.json.
+        let info_path = vdir.join("train_info.json");
         let t0 = Instant::now();
-        let (vmodel, vls_secs) = if weights.exists() && vdir.join("vls.json").exists() {
+        let (vmodel, vls_secs) = if vdir.join(calseg_vls::CONFIG_FILE).exists() {
             self.progress
                 .stage(&format!("seed {seed}: smoother trained already, loading"));
-            let secs = std::fs::read_to_string(vdir.join("vls.json"))
+            let secs = std::fs::read_to_string(&info_path)
                 .ok()
                 .and_then(|s| serde_json::from_str::<Value>(&s).ok())
                 .and_then(|v| v["train_seconds"].as_f64())
                 .unwrap_or(f64::NAN);
-            (VlsModel::load(&vcfg, &weights, &Device::Cpu)?, secs)
+            (VlsModel::load_dir(&vdir, &Device::Cpu)?, secs)
         } else {
             self.progress.stage(&format!(
                 "seed {seed}: training the variational label smoother"
@@ -577,14 +580,17 @@ impl<'a> Experiment<'a> {
                 Some(&val),
                 Some(&vdir),
             )?;
-            vm.save(&weights)?;
             let secs = t0.elapsed().as_secs_f64();
             let last = rep
                 .epochs
                 .last()
                 .map(|e| serde_json::to_value(&e.logs).unwrap_or(Value::Null))
                 .unwrap_or(Value::Null);
-            self.write_json(&vdir.join("vls.json"), &json!({"config": serde_json::to_value(&vcfg).unwrap_or(Value::Null), "train_seconds": secs, "last_epoch_logs": last}))?;
+            self.write_json(
+                &info_path,
+                &json!({"train_seconds": secs, "last_epoch_logs": last}),
+            )?;
+            vm.save_dir(&vdir)?;
             (vm, secs)
         };
         // y_s once per training part (τ = 1, α = 1 leaves y_s itself).

@@ -82,5 +82,7 @@ pub mod quality;
 pub mod smooth;
 
 pub use error::{Result, VlsError};
-pub use model::{ACTIVE_KL, LatentMode, Posterior, VlsConfig, VlsModel, VlsOutput};
+pub use model::{
+    ACTIVE_KL, CONFIG_FILE, LatentMode, Posterior, VlsConfig, VlsModel, VlsOutput, WEIGHTS_FILE,
+};
 pub use smooth::{LatentSource, SmoothConfig, SmoothStats, SoftLabels};

@@ -50,6 +50,11 @@ pub enum LatentMode {
     Spatial,
 }
 
+/// The configuration file of a VLS model folder ([`VlsModel::save_dir`]).
+pub const CONFIG_FILE: &str = "vls.json";
+/// The weights file of a VLS model folder ([`VlsModel::save_dir`]).
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+
 /// Hyper-parameters of a [`VlsModel`]. Every field has a default (serde fills missing
 /// fields from [`VlsConfig::default`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -446,6 +451,51 @@ impl VlsModel {
     /// Writes every parameter to a safetensors file.
     pub fn save(&self, weights: impl AsRef<Path>) -> Result<()> {
         Ok(self.varmap.save(weights.as_ref())?)
+    }
+
+    /// Writes the model folder `dir` (created if needed): [`WEIGHTS_FILE`] and then
+    /// [`CONFIG_FILE`] (the [`VlsConfig`] as JSON), each atomically — a folder with a
+    /// config always has its weights. `calseg vls train` and `calseg experiment` both
+    /// write this layout, and [`VlsModel::load_dir`] (`calseg vls smooth --model`) reads it.
+    pub fn save_dir(&self, dir: impl AsRef<Path>) -> Result<()> {
+        let dir = dir.as_ref();
+        let io = |path: &Path, op: &'static str, source: std::io::Error| {
+            VlsError::Io(calseg_io::IoError::Io {
+                path: path.to_path_buf(),
+                op,
+                source,
+            })
+        };
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, "create", e))?;
+        let weights = dir.join(WEIGHTS_FILE);
+        let tmp = dir.join(format!(".{WEIGHTS_FILE}.tmp-{}", std::process::id()));
+        self.save(&tmp)?;
+        std::fs::rename(&tmp, &weights).map_err(|e| io(&weights, "rename to target", e))?;
+        let json = serde_json::to_string_pretty(&self.cfg)
+            .map_err(|e| VlsError::Config(format!("cannot serialise the config: {e}")))?;
+        calseg_io::atomic::write_atomic(&dir.join(CONFIG_FILE), json.as_bytes())?;
+        Ok(())
+    }
+
+    /// Reads a model folder written by [`VlsModel::save_dir`]. A missing or unreadable
+    /// file, or a config that is not a valid [`VlsConfig`], is a [`VlsError::Config`]
+    /// naming the file.
+    pub fn load_dir(dir: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        let dir = dir.as_ref();
+        let cp = dir.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&cp)
+            .map_err(|e| VlsError::Config(format!("{}: cannot read: {e}", cp.display())))?;
+        let cfg: VlsConfig = serde_json::from_str(&text).map_err(|e| {
+            VlsError::Config(format!("{}: not a VLS configuration: {e}", cp.display()))
+        })?;
+        cfg.validate()
+            .map_err(|e| VlsError::Config(format!("{}: {e}", cp.display())))?;
+        let wp = dir.join(WEIGHTS_FILE);
+        if !wp.is_file() {
+            return Err(VlsError::Config(format!("{}: missing", wp.display())));
+        }
+        Self::load(&cfg, &wp, device)
+            .map_err(|e| VlsError::Config(format!("{}: {e}", wp.display())))
     }
 
     /// The configuration the model was built with.
