@@ -130,6 +130,22 @@ impl Conv {
             ),
         }
     }
+
+    /// `y = cat([a, b], 1) ⊛ weight + bias`, the concatenation fused into the convolution
+    /// with the fast backend ([`ops::conv_cat`]).
+    pub fn forward_cat(&self, a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+        let (w, bias) = (&self.weight, self.bias.as_ref());
+        match self.backend {
+            Backend::Fast => ops::conv_cat(a, b, w, bias, self.stride, self.padding),
+            Backend::Stock => stock::conv(
+                &Tensor::cat(&[a, b], 1)?,
+                w,
+                bias,
+                self.stride,
+                self.padding,
+            ),
+        }
+    }
 }
 
 /// Transposed convolution layer: `weight (in, out, k…)`, `bias (out)`.

@@ -150,6 +150,12 @@ impl Block {
         let x = self.n1.forward(&self.c1.forward(x)?)?;
         self.n2.forward(&self.c2.forward(&x)?)
     }
+
+    /// [`Self::forward`] of `cat([a, b], 1)`, the concatenation fused into `c1`.
+    fn forward_cat(&self, a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+        let x = self.n1.forward(&self.c1.forward_cat(a, b)?)?;
+        self.n2.forward(&self.c2.forward(&x)?)
+    }
 }
 
 /// A U-Net whose parameters live in a [`VarMap`] (train them with any candle optimiser
@@ -346,27 +352,32 @@ impl UNet {
         let p = self.cfg.dropout;
         let mut rng = (p > 0.0 && self.mode.training())
             .then(|| StdRng::seed_from_u64(self.mode.next_dropout_seed()));
-        let mut block = |b: &Block, x: &Tensor| -> candle_core::Result<Tensor> {
-            let y = b.forward(x)?;
-            match rng.as_mut() {
-                Some(r) => dropout(&y, p, r),
-                None => Ok(y),
-            }
-        };
+        // A block's output, on `x` or (decoder) on `cat([x, x2], 1)`, then dropout.
+        let mut block =
+            |b: &Block, x: &Tensor, x2: Option<&Tensor>| -> candle_core::Result<Tensor> {
+                let y = match x2 {
+                    Some(x2) => b.forward_cat(x, x2)?,
+                    None => b.forward(x)?,
+                };
+                match rng.as_mut() {
+                    Some(r) => dropout(&y, p, r),
+                    None => Ok(y),
+                }
+            };
         let mut skips = Vec::with_capacity(self.cfg.depth);
         let mut h = x.clone();
         for (i, b) in self.enc.iter().enumerate() {
-            h = block(b, &h)?;
+            h = block(b, &h, None)?;
             skips.push(h.clone());
             h = self.pool(i, &h)?;
         }
-        h = block(&self.bott, &h)?;
+        h = block(&self.bott, &h, None)?;
         for (up, d) in self.ups.iter().zip(&self.dec) {
             let u = up.forward(&h)?;
             let Some(skip) = skips.pop() else {
                 candle_core::bail!("U-Net: missing skip")
             };
-            h = block(d, &Tensor::cat(&[&skip, &u], 1)?)?;
+            h = block(d, &skip, Some(&u))?;
         }
         Ok(h)
     }

@@ -13,7 +13,9 @@
 //! | grad of the bias | `bias_grad(dy)` | `bias_grad(dy)` |
 
 use super::geom::Geom;
-use super::kernels::{bias_grad, conv_fwd, conv_grad_input, conv_grad_weight};
+use super::kernels::{
+    bias_grad, conv_fwd, conv_fwd_srcs, conv_grad_input, conv_grad_weight, conv_grad_weight_srcs,
+};
 use candle_core::backend::BackendStorage;
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,
@@ -431,3 +433,332 @@ impl_conv_custom_ops!(
     "calseg-conv-transpose",
     "calseg-conv-transpose-bias"
 );
+
+/// Convolution of a channel concatenation, `y = cat([a, b], 1) ⊛ w + bias`, without
+/// materialising `cat([a, b])` (the U-Net decoder's skip + upsampled input).
+///
+/// Inputs `a (n, ca, i…)`, `b (n, cb, i…)` and `wb`, the packed parameters
+/// `[w (co, ca + cb, k…) flattened | bias (co)]` (one tensor, since a custom op has at most
+/// three inputs). Backward gives `da`, `db` (the input gradient split by channel range)
+/// and the packed `[dw | dbias]`.
+#[derive(Clone, Debug)]
+pub(crate) struct ConvCatOp {
+    pub conf: Conf,
+    /// Weight dims `(co, ca + cb, k…)`.
+    pub wdims: Vec<usize>,
+}
+
+impl ConvCatOp {
+    /// Geometry of the whole convolution (input channels `ca + cb`) and `(ca, cb)`.
+    fn geom(&self, ad: &[usize], bd: &[usize]) -> Result<(Geom, usize, usize)> {
+        if ad.len() != bd.len() || ad[0] != bd[0] || ad[2..] != bd[2..] {
+            bail!("conv-cat: inputs {ad:?} and {bd:?} differ in batch or spatial size");
+        }
+        let (ca, cb) = (ad[1], bd[1]);
+        if ca == 0 || cb == 0 {
+            bail!("conv-cat: empty input ({ca} and {cb} channels)");
+        }
+        let mut xd = ad.to_vec();
+        xd[1] = ca + cb;
+        Ok((self.conf.geom(&xd, &self.wdims)?, ca, cb))
+    }
+
+    fn wlen(&self) -> usize {
+        self.wdims.iter().product()
+    }
+}
+
+impl CustomOp3 for ConvCatOp {
+    fn name(&self) -> &'static str {
+        "calseg-conv-cat"
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (g, ca, cb) = self.geom(l1.dims(), l2.dims())?;
+        if l3.dims() != [self.wlen() + g.co] {
+            bail!(
+                "conv-cat: packed parameters {:?}, expected [{}]",
+                l3.dims(),
+                self.wlen() + g.co
+            );
+        }
+        let dt = same_dtype(s1, s2, "conv-cat")?;
+        same_dtype(s1, s3, "conv-cat")?;
+        let dims = out_dims(l1.dims().len(), g.n, g.co, g.o);
+        with_float!(dt, "conv-cat", |T| {
+            let (a, b) = (slice::<T>(s1, l1)?, slice::<T>(s2, l2)?);
+            let (w, bias) = slice::<T>(s3, l3)?.split_at(self.wlen());
+            let mut y = vec![0.0 as T; g.n * g.co * g.ovol()];
+            conv_fwd_srcs(&g, &[(a, ca), (b, cb)], w, Some(bias), &mut y);
+            Ok((storage(y), Shape::from(dims)))
+        })
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        wb: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let ca = a.dim(1)?;
+        let part = |x: &Tensor, c0: usize| -> Result<Option<Tensor>> {
+            if !x.track_op() {
+                return Ok(None);
+            }
+            let op = GradInputPartOp {
+                conf: self.conf,
+                in_dims: x.dims().to_vec(),
+                c0,
+                wdims: self.wdims.clone(),
+            };
+            Ok(Some(dy.apply_op2_no_bwd(wb, &op)?))
+        };
+        let (da, db) = (part(a, 0)?, part(b, ca)?);
+        let op = GradWeightCatOp {
+            conf: self.conf,
+            wdims: self.wdims.clone(),
+        };
+        let dwb = a.apply_op3_no_bwd(b, &dy, &op)?;
+        Ok((da, db, Some(dwb)))
+    }
+}
+
+/// Input gradient of one part of [`ConvCatOp`]: `(dy, wb) → dx_part` for the input
+/// channels `c0 .. c0 + in_dims[1]` of the concatenation.
+#[derive(Clone, Debug)]
+struct GradInputPartOp {
+    conf: Conf,
+    in_dims: Vec<usize>,
+    c0: usize,
+    wdims: Vec<usize>,
+}
+
+impl CustomOp2 for GradInputPartOp {
+    fn name(&self) -> &'static str {
+        "calseg-conv-cat-grad-input"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (co, ci) = (self.wdims[0], self.wdims[1]);
+        let cnt = self.in_dims[1];
+        if self.c0 + cnt > ci {
+            bail!("conv-cat grad-input: channels {}+{cnt} of {ci}", self.c0);
+        }
+        let mut wd = self.wdims.clone();
+        wd[1] = cnt;
+        let g = self.conf.geom(&self.in_dims, &wd)?;
+        let dyd = l1.dims();
+        if dyd.len() != self.in_dims.len() || dyd[0] != g.n || dyd[1] != co || spatial(dyd)? != g.o
+        {
+            bail!(
+                "conv-cat grad-input: gradient dims {dyd:?} do not match the conv output of {:?}",
+                self.in_dims
+            );
+        }
+        let kvol = g.kvol();
+        if l2.dims() != [co * ci * kvol + co] {
+            bail!("conv-cat grad-input: packed parameters {:?}", l2.dims());
+        }
+        let dt = same_dtype(s1, s2, "conv-cat grad-input")?;
+        with_float!(dt, "conv-cat grad-input", |T| {
+            let dy = slice::<T>(s1, l1)?;
+            let w = slice::<T>(s2, l2)?;
+            // The part's weight (co, cnt, k…): a column block of w (co, ci·kvol).
+            let ws: Vec<T> = (0..co)
+                .flat_map(|o| {
+                    let r = o * ci * kvol + self.c0 * kvol;
+                    w[r..r + cnt * kvol].iter().copied()
+                })
+                .collect();
+            let mut dx = vec![0.0 as T; g.n * cnt * g.ivol()];
+            conv_grad_input(&g, dy, &ws, &mut dx);
+            Ok((storage(dx), Shape::from(self.in_dims.clone())))
+        })
+    }
+}
+
+/// Parameter gradient of [`ConvCatOp`]: `(a, b, dy) → [dw | dbias]` (packed as `wb`).
+#[derive(Clone, Debug)]
+struct GradWeightCatOp {
+    conf: Conf,
+    wdims: Vec<usize>,
+}
+
+impl CustomOp3 for GradWeightCatOp {
+    fn name(&self) -> &'static str {
+        "calseg-conv-cat-grad-weight"
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = ConvCatOp {
+            conf: self.conf,
+            wdims: self.wdims.clone(),
+        };
+        let (g, ca, cb) = op.geom(l1.dims(), l2.dims())?;
+        let dyd = l3.dims();
+        if dyd.len() != l1.dims().len() || dyd[0] != g.n || dyd[1] != g.co || spatial(dyd)? != g.o {
+            bail!("conv-cat grad-weight: gradient dims {dyd:?} do not match the conv output");
+        }
+        let dt = same_dtype(s1, s2, "conv-cat grad-weight")?;
+        same_dtype(s1, s3, "conv-cat grad-weight")?;
+        let wlen = op.wlen();
+        with_float!(dt, "conv-cat grad-weight", |T| {
+            let (a, b) = (slice::<T>(s1, l1)?, slice::<T>(s2, l2)?);
+            let dy = slice::<T>(s3, l3)?;
+            let mut out = vec![0.0 as T; wlen + g.co];
+            let (dw, db) = out.split_at_mut(wlen);
+            conv_grad_weight_srcs(&g, &[(a, ca), (b, cb)], dy, dw);
+            bias_grad(g.n, g.co, g.ovol(), dy, db);
+            Ok((storage(out), Shape::from(wlen + g.co)))
+        })
+    }
+}
+
+#[cfg(test)]
+mod cat_tests {
+    use crate::init::randn;
+    use crate::ops::{conv_cat, stock};
+    use candle_core::{DType, Device, Tensor, Var};
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    /// (n, ca, cb, co, spatial, k, stride, padding)
+    type Case = (usize, usize, usize, usize, Vec<usize>, usize, usize, usize);
+
+    fn cases() -> Vec<Case> {
+        vec![
+            (2, 3, 2, 4, vec![6, 5], 3, 1, 1),
+            (1, 2, 3, 3, vec![7, 6], 3, 2, 1),
+            (2, 2, 1, 3, vec![4, 5], 1, 1, 0),
+            (1, 2, 2, 2, vec![3, 4, 4], 3, 1, 1),
+        ]
+    }
+
+    fn inputs(rng: &mut StdRng, c: &Case, dt: DType) -> [Tensor; 4] {
+        let (n, ca, cb, co, ref sp, k, _, _) = *c;
+        let dev = Device::Cpu;
+        let shape = |ch: usize| {
+            let mut s = vec![n, ch];
+            s.extend_from_slice(sp);
+            s
+        };
+        let mut wd = vec![co, ca + cb];
+        wd.extend(std::iter::repeat_n(k, sp.len()));
+        [
+            randn(rng, &shape(ca), dt, &dev).expect("a"),
+            randn(rng, &shape(cb), dt, &dev).expect("b"),
+            randn(rng, &wd, dt, &dev).expect("w"),
+            randn(rng, &[co], dt, &dev).expect("bias"),
+        ]
+    }
+
+    fn max_abs(t: &Tensor) -> f64 {
+        t.abs()
+            .and_then(|t| {
+                t.flatten_all()?
+                    .max(0)?
+                    .to_dtype(DType::F64)?
+                    .to_scalar::<f64>()
+            })
+            .expect("max")
+    }
+
+    #[test]
+    fn conv_cat_forward_matches_conv_of_cat() {
+        let mut rng = StdRng::seed_from_u64(5);
+        for c in cases() {
+            let [a, b, w, bias] = inputs(&mut rng, &c, DType::F32);
+            let (s, p) = (c.6, c.7);
+            let y = conv_cat(&a, &b, &w, Some(&bias), s, p).expect("conv_cat");
+            let x = Tensor::cat(&[&a, &b], 1).expect("cat");
+            let r = stock::conv(&x, &w, Some(&bias), s, p).expect("reference");
+            assert_eq!(y.dims(), r.dims(), "{c:?}");
+            let err = max_abs(&(&y - &r).expect("diff")) / max_abs(&r).max(1e-6);
+            assert!(err < 1e-5, "{c:?}: relative error {err:e}");
+            // Without bias: the same as a zero bias.
+            let y0 = conv_cat(&a, &b, &w, None, s, p).expect("no bias");
+            let r0 = stock::conv(&x, &w, None, s, p).expect("reference");
+            let err = max_abs(&(&y0 - &r0).expect("diff")) / max_abs(&r0).max(1e-6);
+            assert!(err < 1e-5, "{c:?} (no bias): relative error {err:e}");
+        }
+    }
+
+    /// Gradients of `L = Σ conv_cat(a, b, w, bias) ⊙ R` w.r.t. all four inputs equal
+    /// central finite differences (f64), within 1e-6 relative to the largest entry.
+    #[test]
+    fn conv_cat_gradients_match_finite_differences() {
+        const H: f64 = 1e-5;
+        let mut rng = StdRng::seed_from_u64(6);
+        for c in cases() {
+            let base = inputs(&mut rng, &c, DType::F64);
+            let (s, p) = (c.6, c.7);
+            let f = |t: &[Tensor]| conv_cat(&t[0], &t[1], &t[2], Some(&t[3]), s, p);
+            let y = f(&base).expect("forward");
+            let r = randn(&mut rng, y.dims(), DType::F64, &Device::Cpu).expect("r");
+            let loss = |t: &[Tensor]| -> f64 {
+                (f(t).expect("forward") * &r)
+                    .and_then(|l| l.sum_all()?.to_scalar::<f64>())
+                    .expect("loss")
+            };
+            let vars: Vec<Var> = base
+                .iter()
+                .map(|t| Var::from_tensor(t).expect("var"))
+                .collect();
+            let vt: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+            let grads = (f(&vt).expect("forward") * &r)
+                .and_then(|l| l.sum_all()?.backward())
+                .expect("backward");
+            for (k, v) in vars.iter().enumerate() {
+                let g: Vec<f64> = grads
+                    .get(v)
+                    .expect("gradient")
+                    .flatten_all()
+                    .and_then(|t| t.to_vec1())
+                    .expect("vec");
+                let x0: Vec<f64> = base[k].flatten_all().and_then(|t| t.to_vec1()).expect("x0");
+                let scale = g.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-3);
+                let idx: Vec<usize> = if x0.len() <= 40 {
+                    (0..x0.len()).collect()
+                } else {
+                    (0..40).map(|_| rng.random_range(0..x0.len())).collect()
+                };
+                for i in idx {
+                    let eval = |d: f64| {
+                        let mut xv = x0.clone();
+                        xv[i] += d;
+                        let mut ts = base.to_vec();
+                        ts[k] = Tensor::from_vec(xv, base[k].dims(), &Device::Cpu).expect("t");
+                        loss(&ts)
+                    };
+                    let fd = (eval(H) - eval(-H)) / (2.0 * H);
+                    let err = (fd - g[i]).abs() / scale;
+                    assert!(err < 1e-6, "{c:?} input {k} coord {i}: {} vs {fd}", g[i]);
+                }
+            }
+        }
+    }
+}

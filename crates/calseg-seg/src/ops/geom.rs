@@ -10,6 +10,7 @@
 //! ever materialise a *tile* of it: the columns `p0 .. p0 + pt` (flat output positions)
 //! and the rows of a channel range `c0 .. c1`, so the buffer stays in the L2 cache.
 
+use super::simd::avx2;
 use candle_core::WithDType;
 
 /// Shape of one convolution `x (n, ci, i) ⊛ w (co, ci, k) → y (n, co, o)` with
@@ -102,6 +103,7 @@ struct Run {
 }
 
 /// Iterates the width-runs covering flat output positions `p0 .. p0 + pt`.
+#[inline(always)]
 fn runs(g: &Geom, p0: usize, pt: usize, mut f: impl FnMut(Run)) {
     let [_, oh, ow] = g.o;
     let mut x0 = p0 % ow;
@@ -164,6 +166,81 @@ pub(crate) fn im2col<T: WithDType>(
     pt: usize,
     col: &mut [T],
 ) {
+    if g.s == [1, 1, 1] {
+        im2col_s1(g, x, c0, c1, p0, pt, col)
+    } else {
+        avx2(|| im2col_impl(g, x, c0, c1, p0, pt, col))
+    }
+}
+
+/// [`im2col`] for stride 1 (every 3×3 "same" convolution and the flipped input-gradient
+/// convolutions): the width-runs of the tile are listed once, and the valid span of each
+/// run and tap needs no division.
+fn im2col_s1<T: WithDType>(
+    g: &Geom,
+    x: &[T],
+    c0: usize,
+    c1: usize,
+    p0: usize,
+    pt: usize,
+    col: &mut [T],
+) {
+    let [kd, kh, kw] = g.k;
+    let [pd, ph, pw] = g.p;
+    let [id, ih, iw] = g.i;
+    let ivol = g.ivol();
+    let zero = T::from_f64(0.0);
+    let mut rs: Vec<Run> = Vec::with_capacity(pt / g.o[2].max(1) + 2);
+    runs(g, p0, pt, |r| rs.push(r));
+    let mut row = 0;
+    for c in c0..c1 {
+        let xc = &x[c * ivol..(c + 1) * ivol];
+        for a in 0..kd {
+            for b in 0..kh {
+                for e in 0..kw {
+                    let dst = &mut col[row * pt..(row + 1) * pt];
+                    for r in &rs {
+                        let out = &mut dst[r.q..r.q + r.len];
+                        // Input coordinates, shifted by the padding (wrap = out of range).
+                        let iz = (r.z + a).wrapping_sub(pd);
+                        let iy = (r.y + b).wrapping_sub(ph);
+                        if iz >= id || iy >= ih {
+                            out.fill(zero);
+                            continue;
+                        }
+                        let line = &xc[(iz * ih + iy) * iw..(iz * ih + iy + 1) * iw];
+                        // Input column of run position j is x0 + e + j − pw.
+                        let st = r.x0 + e;
+                        let j0 = pw.saturating_sub(st).min(r.len);
+                        let j1 = (iw + pw).saturating_sub(st).min(r.len).max(j0);
+                        for o in &mut out[..j0] {
+                            *o = zero;
+                        }
+                        for o in &mut out[j1..] {
+                            *o = zero;
+                        }
+                        if j1 > j0 {
+                            let s0 = st + j0 - pw;
+                            out[j0..j1].copy_from_slice(&line[s0..s0 + (j1 - j0)]);
+                        }
+                    }
+                    row += 1;
+                }
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn im2col_impl<T: WithDType>(
+    g: &Geom,
+    x: &[T],
+    c0: usize,
+    c1: usize,
+    p0: usize,
+    pt: usize,
+    col: &mut [T],
+) {
     let [kd, kh, kw] = g.k;
     let [sd, sh, sw] = g.s;
     let [pd, ph, pw] = g.p;
@@ -209,6 +286,19 @@ pub(crate) fn im2col<T: WithDType>(
 /// Adjoint of [`im2col`]: adds the column tile `col` (rows of channels `c0 .. c1`) back
 /// into the image gradient `dx` (`ci × ivol`), summing overlapping taps.
 pub(crate) fn col2im_add<T: WithDType>(
+    g: &Geom,
+    col: &[T],
+    c0: usize,
+    c1: usize,
+    p0: usize,
+    pt: usize,
+    dx: &mut [T],
+) {
+    avx2(|| col2im_add_impl(g, col, c0, c1, p0, pt, dx))
+}
+
+#[inline(always)]
+fn col2im_add_impl<T: WithDType>(
     g: &Geom,
     col: &[T],
     c0: usize,
@@ -295,6 +385,10 @@ mod tests {
             Geom::new(1, 2, 1, [3, 4, 5], [3, 3, 3], [2, 1, 2], [1, 0, 1]),
             Geom::new(1, 1, 1, [2, 4, 4], [2, 2, 2], [2, 2, 2], [0, 0, 0]),
             Geom::new(1, 2, 1, [1, 3, 2], [1, 1, 2], [1, 1, 1], [0, 0, 1]),
+            // Stride 1 (the fast path), 3D, and padding wider than the input.
+            Geom::new(1, 2, 1, [3, 4, 5], [3, 3, 3], [1, 1, 1], [1, 1, 1]),
+            Geom::new(1, 2, 1, [2, 3, 2], [3, 3, 3], [1, 1, 1], [2, 1, 2]),
+            Geom::new(1, 1, 1, [1, 1, 1], [1, 3, 3], [1, 1, 1], [0, 2, 2]),
         ];
         for g in cases {
             let g = g.expect("valid geometry");

@@ -13,6 +13,7 @@
 //! - bias gradient:  `db[o] = Σ_n Σ_p dY[n][o][p]`
 
 use super::geom::{Geom, col2im_add, im2col};
+use super::simd::{avx2, lane_sum};
 use candle_core::WithDType;
 use rayon::prelude::*;
 
@@ -99,7 +100,21 @@ fn chunks(len: usize, chunk: usize) -> impl Iterator<Item = (usize, usize)> {
 /// Forward convolution: `y (n, co, o) = x (n, ci, i) ⊛ w (co, ci, k) + b`.
 /// `y` must have `n·co·ovol` elements; it is fully overwritten.
 pub(crate) fn conv_fwd<T: WithDType>(g: &Geom, x: &[T], w: &[T], b: Option<&[T]>, y: &mut [T]) {
-    let (kdim, p_all, ivol) = (g.kdim(), g.ovol(), g.ivol());
+    conv_fwd_srcs(g, &[(x, g.ci)], w, b, y)
+}
+
+/// Forward convolution of the channel concatenation of `srcs` (each `(data, channels)`,
+/// data `(n, channels, i)`, channels summing to `g.ci`) without materialising it: each
+/// source contributes `W[:, its columns] · X_col(source)`, accumulated in the output.
+pub(crate) fn conv_fwd_srcs<T: WithDType>(
+    g: &Geom,
+    srcs: &[(&[T], usize)],
+    w: &[T],
+    b: Option<&[T]>,
+    y: &mut [T],
+) {
+    let (kdim, kvol, p_all, ivol) = (g.kdim(), g.kvol(), g.ovol(), g.ivol());
+    let max_rows = srcs.iter().map(|s| s.1).max().unwrap_or(0) * kvol;
     let pt = g.tile_cols(kdim, TILE_BUDGET);
     let tasks: Vec<(usize, usize, usize)> = (0..g.n)
         .flat_map(|n| chunks(p_all, pt).map(move |(p0, len)| (n, p0, len)))
@@ -111,50 +126,57 @@ pub(crate) fn conv_fwd<T: WithDType>(g: &Geom, x: &[T], w: &[T], b: Option<&[T]>
             if pointwise {
                 Vec::new()
             } else {
-                vec![T::from_f64(0.0); kdim * pt]
+                vec![T::from_f64(0.0); max_rows * pt]
             }
         },
         |col, &(n, p0, len)| {
-            let xn = &x[n * g.ci * ivol..(n + 1) * g.ci * ivol];
-            let rhs = if pointwise {
-                Mat {
-                    ptr: xn[p0..].as_ptr(),
-                    rs: ivol as isize,
-                    cs: 1,
+            // SAFETY: the tile (n, all co, p0..p0+len) of y is written by this task only.
+            let dst = unsafe { yp.get().add(n * g.co * p_all + p0) };
+            if let Some(b) = b {
+                for (o, bo) in b.iter().enumerate().take(g.co) {
+                    // SAFETY: row o of the tile, in bounds, owned by this task.
+                    unsafe { std::slice::from_raw_parts_mut(dst.add(o * p_all), len) }.fill(*bo);
                 }
-            } else {
-                im2col(g, xn, 0, g.ci, p0, len, &mut col[..kdim * len]);
-                Mat {
-                    ptr: col.as_ptr(),
-                    rs: len as isize,
-                    cs: 1,
-                }
-            };
-            // SAFETY: the tile (n, all co, p0..p0+len) of y is written by this task only;
-            // all views are in bounds by construction of the tile.
-            unsafe {
-                let dst = yp.get().add(n * g.co * p_all + p0);
-                if let Some(b) = b {
-                    for (o, bo) in b.iter().enumerate().take(g.co) {
-                        std::slice::from_raw_parts_mut(dst.add(o * p_all), len).fill(*bo);
+            }
+            let mut c_off = 0;
+            for (si, &(src, cs)) in srcs.iter().enumerate() {
+                let rows = cs * kvol;
+                let xn = &src[n * cs * ivol..(n + 1) * cs * ivol];
+                let rhs = if pointwise {
+                    Mat {
+                        ptr: xn[p0..].as_ptr(),
+                        rs: ivol as isize,
+                        cs: 1,
                     }
-                }
+                } else {
+                    im2col(g, xn, 0, cs, p0, len, &mut col[..rows * len]);
+                    Mat {
+                        ptr: col.as_ptr(),
+                        rs: len as isize,
+                        cs: 1,
+                    }
+                };
                 let lhs = Mat {
-                    ptr: w.as_ptr(),
+                    ptr: w[c_off * kvol..].as_ptr(),
                     rs: kdim as isize,
                     cs: 1,
                 };
-                gemm_acc(
-                    g.co,
-                    len,
-                    kdim,
-                    dst,
-                    p_all as isize,
-                    1,
-                    b.is_some(),
-                    lhs,
-                    rhs,
-                );
+                // SAFETY: dst is this task's tile (co rows of stride p_all, len columns);
+                // lhs is the co × rows column block of w; rhs holds rows × len values.
+                unsafe {
+                    gemm_acc(
+                        g.co,
+                        len,
+                        rows,
+                        dst,
+                        p_all as isize,
+                        1,
+                        b.is_some() || si > 0,
+                        lhs,
+                        rhs,
+                    );
+                }
+                c_off += cs;
             }
         },
     );
@@ -279,11 +301,23 @@ fn flipped<T: WithDType>(g: &Geom, w: &[T]) -> Option<(Geom, Vec<T>)> {
 }
 
 /// Weight gradient: `dw (co, ci, k) = Σ_n dy[n] · X_col[n]ᵀ`. `dw` is overwritten.
+pub(crate) fn conv_grad_weight<T: WithDType>(g: &Geom, x: &[T], dy: &[T], dw: &mut [T]) {
+    conv_grad_weight_srcs(g, &[(x, g.ci)], dy, dw)
+}
+
+/// [`conv_grad_weight`] for the channel concatenation of `srcs` (as [`conv_fwd_srcs`]):
+/// each source fills its own column block of `dw`.
 ///
 /// Tasks are (image, tile); each thread accumulates into its own `co × ci·kvol` buffer
 /// and the buffers are summed at the end.
-pub(crate) fn conv_grad_weight<T: WithDType>(g: &Geom, x: &[T], dy: &[T], dw: &mut [T]) {
-    let (kdim, p_all, ivol) = (g.kdim(), g.ovol(), g.ivol());
+pub(crate) fn conv_grad_weight_srcs<T: WithDType>(
+    g: &Geom,
+    srcs: &[(&[T], usize)],
+    dy: &[T],
+    dw: &mut [T],
+) {
+    let (kdim, kvol, p_all, ivol) = (g.kdim(), g.kvol(), g.ovol(), g.ivol());
+    let max_rows = srcs.iter().map(|s| s.1).max().unwrap_or(0) * kvol;
     let pt = g.tile_cols(kdim, TILE_BUDGET);
     let tasks: Vec<(usize, usize, usize)> = (0..g.n)
         .flat_map(|n| chunks(p_all, pt).map(move |(p0, len)| (n, p0, len)))
@@ -299,45 +333,51 @@ pub(crate) fn conv_grad_weight<T: WithDType>(g: &Geom, x: &[T], dy: &[T], dw: &m
             let mut col = if pointwise {
                 Vec::new()
             } else {
-                vec![zero; kdim * pt]
+                vec![zero; max_rows * pt]
             };
             let mut first = true;
             for &(n, p0, len) in mine {
-                let xn = &x[n * g.ci * ivol..(n + 1) * g.ci * ivol];
-                let rhs = if pointwise {
-                    // X_colᵀ element (q, r) = x[r·ivol + p0 + q]
-                    Mat {
-                        ptr: xn[p0..].as_ptr(),
-                        rs: 1,
-                        cs: ivol as isize,
-                    }
-                } else {
-                    im2col(g, xn, 0, g.ci, p0, len, &mut col[..kdim * len]);
-                    Mat {
-                        ptr: col.as_ptr(),
-                        rs: 1,
-                        cs: len as isize,
-                    }
-                };
                 let lhs = Mat {
                     ptr: dy[n * g.co * p_all + p0..].as_ptr(),
                     rs: p_all as isize,
                     cs: 1,
                 };
-                // SAFETY: acc is this task's own co × kdim buffer; views are in bounds.
-                unsafe {
-                    gemm_acc(
-                        g.co,
-                        kdim,
-                        len,
-                        acc.as_mut_ptr(),
-                        kdim as isize,
-                        1,
-                        !first,
-                        lhs,
-                        rhs,
-                    )
-                };
+                let mut c_off = 0;
+                for &(src, cs) in srcs {
+                    let rows = cs * kvol;
+                    let xn = &src[n * cs * ivol..(n + 1) * cs * ivol];
+                    let rhs = if pointwise {
+                        // X_colᵀ element (q, r) = x[r·ivol + p0 + q]
+                        Mat {
+                            ptr: xn[p0..].as_ptr(),
+                            rs: 1,
+                            cs: ivol as isize,
+                        }
+                    } else {
+                        im2col(g, xn, 0, cs, p0, len, &mut col[..rows * len]);
+                        Mat {
+                            ptr: col.as_ptr(),
+                            rs: 1,
+                            cs: len as isize,
+                        }
+                    };
+                    // SAFETY: acc is this task's own co × kdim buffer; the destination is
+                    // its column block c_off·kvol .. + rows; views are in bounds.
+                    unsafe {
+                        gemm_acc(
+                            g.co,
+                            rows,
+                            len,
+                            acc.as_mut_ptr().add(c_off * kvol),
+                            kdim as isize,
+                            1,
+                            !first,
+                            lhs,
+                            rhs,
+                        )
+                    };
+                    c_off += cs;
+                }
                 first = false;
             }
             acc
@@ -354,18 +394,12 @@ pub(crate) fn conv_grad_weight<T: WithDType>(g: &Geom, x: &[T], dy: &[T], dw: &m
 /// Bias gradient: `db[o] = Σ_n Σ_p dy[n][o][p]` for `dy (n, c, P)`.
 pub(crate) fn bias_grad<T: WithDType>(n: usize, c: usize, p_all: usize, dy: &[T], db: &mut [T]) {
     db.par_iter_mut().enumerate().for_each(|(o, d)| {
-        let mut s = 0.0f64;
-        for img in 0..n {
-            let row = &dy[(img * c + o) * p_all..(img * c + o + 1) * p_all];
-            // Sum in chunks in T, then accumulate in f64 for accuracy.
-            for ch in row.chunks(256) {
-                let mut t = T::from_f64(0.0);
-                for v in ch {
-                    t += *v;
-                }
-                s += t.to_f64();
-            }
-        }
+        let s: f64 = (0..n)
+            .map(|img| {
+                let row = &dy[(img * c + o) * p_all..(img * c + o + 1) * p_all];
+                avx2(|| lane_sum(row, |v| v))
+            })
+            .sum();
         *d = T::from_f64(s);
     });
 }

@@ -31,10 +31,11 @@ pub(crate) mod geom;
 pub(crate) mod kernels;
 mod norm;
 mod pool;
+mod simd;
 pub mod stock;
 
 use candle_core::{Result, Tensor};
-use conv::{Conf, ConvOp, ConvTransposeOp};
+use conv::{Conf, ConvCatOp, ConvOp, ConvTransposeOp};
 pub(crate) use conv::{slice as slice_of, with_float as with_float_dtype};
 
 /// Convolution `y = x ⊛ w + b` with the same `stride` and zero `padding` on every
@@ -53,6 +54,39 @@ pub fn conv(
         return stock::conv(x, w, b, stride, padding);
     }
     apply_with_bias(x, w, b, ConvOp(Conf { stride, padding }))
+}
+
+/// `conv(cat([a, b], 1), w, bias)` without materialising the concatenation (the U-Net
+/// decoder's skip connection): same result and gradients, but no `cat` copy forward and
+/// no split copies backward.
+///
+/// Shapes: `a (n, ca, [d,] h, w)`, `b (n, cb, [d,] h, w)`, `w (co, ca + cb, [kd,] kh, kw)`,
+/// `bias (co)` → `y (n, co, …)` as [`conv`].
+pub fn conv_cat(
+    a: &Tensor,
+    b: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    if !a.device().is_cpu() {
+        return stock::conv(&Tensor::cat(&[a, b], 1)?, w, bias, stride, padding);
+    }
+    let zero;
+    let bias = match bias {
+        Some(t) => t,
+        None => {
+            zero = Tensor::zeros(w.dim(0)?, w.dtype(), w.device())?;
+            &zero
+        }
+    };
+    let wb = Tensor::cat(&[&w.flatten_all()?, bias], 0)?;
+    let op = ConvCatOp {
+        conf: Conf { stride, padding },
+        wdims: w.dims().to_vec(),
+    };
+    a.contiguous()?.apply_op3(&b.contiguous()?, &wb, op)
 }
 
 /// Transposed convolution (the adjoint of [`conv`] with respect to its input) plus bias.
@@ -111,4 +145,38 @@ pub fn avg_pool(x: &Tensor, k: usize) -> Result<Tensor> {
         return stock::avg_pool(x, k);
     }
     x.contiguous()?.apply_op1(pool::AvgPoolOp { k })
+}
+
+/// Makes glibc's allocator keep freed memory for reuse instead of returning it to the
+/// OS (Linux/glibc only; a no-op returning `false` elsewhere). Returns whether both
+/// settings were applied.
+///
+/// Every candle op allocates a fresh output, and backward accumulates each gradient as
+/// `zeros_like + add`; with glibc's defaults many of these multi-MiB buffers are
+/// `mmap`ed and unmapped again (or trimmed from the heap top), so every step pays tens
+/// of thousands of page faults (kernel page clearing). This sets `M_MMAP_THRESHOLD` to
+/// 32 MiB (glibc's maximum) and `M_TRIM_THRESHOLD` to 1 GiB: buffers up to 32 MiB come
+/// from the heap and freed heap memory is kept (up to 1 GiB above the working set).
+///
+/// It changes process-wide allocator settings, so it is left to the application (the
+/// `calseg bench` command calls it); call it once at start-up, before allocating much.
+pub fn keep_freed_memory() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use std::ffi::c_int;
+        unsafe extern "C" {
+            fn mallopt(param: c_int, value: c_int) -> c_int;
+        }
+        const M_TRIM_THRESHOLD: c_int = -1;
+        const M_MMAP_THRESHOLD: c_int = -3;
+        // SAFETY: glibc's `mallopt` only updates allocator parameters; both are valid
+        // parameter numbers with in-range values (it returns 0 on a rejected value).
+        unsafe {
+            mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1 && mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
 }

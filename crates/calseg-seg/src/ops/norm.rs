@@ -19,26 +19,13 @@
 //! Instance norm is the special case `groups = C`.
 
 use super::conv::{slice, with_float};
+use super::simd::{avx2, lane_sum};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType, bail};
 use rayon::prelude::*;
 
-/// `Σ f(x_i)` in f64 with 8 independent lanes, so the compiler can vectorise the
-/// conversion and the adds (a single f64 accumulator would serialise them).
-#[inline(always)]
-fn lane_sum<T: WithDType>(xs: &[T], f: impl Fn(f64) -> f64) -> f64 {
-    let mut acc = [0.0f64; 8];
-    let mut it = xs.chunks_exact(8);
-    for ch in &mut it {
-        for (a, v) in acc.iter_mut().zip(ch) {
-            *a += f(v.to_f64());
-        }
-    }
-    let tail: f64 = it.remainder().iter().map(|v| f(v.to_f64())).sum();
-    acc.iter().sum::<f64>() + tail
-}
-
 /// Mean and `1/√(var + eps)` of one group, in f64 (two passes for accuracy).
+#[inline(always)]
 fn stats<T: WithDType>(block: &[T], eps: f64) -> (f64, f64) {
     let m = block.len().max(1) as f64;
     let mean = lane_sum(block, |v| v) / m;
@@ -90,25 +77,27 @@ impl GroupNormOp {
             .zip(x.par_chunks(blk))
             .enumerate()
             .for_each(|(ng, (yb, xb))| {
-                let (mean, r) = stats(xb, self.eps);
-                let c0 = (ng % d.groups) * d.cg();
-                for (j, (yc, xc)) in yb.chunks_mut(d.s).zip(xb.chunks(d.s)).enumerate() {
-                    // y = (x − μ)·a + β with a = γ·r (subtracting first keeps groups
-                    // of near-constant values exact).
-                    let a = T::from_f64(gamma[c0 + j].to_f64() * r);
-                    let (m, b) = (T::from_f64(mean), beta[c0 + j]);
-                    let zero = T::from_f64(0.0);
-                    if self.relu {
-                        for (o, v) in yc.iter_mut().zip(xc) {
-                            let t = (*v - m) * a + b;
-                            *o = if t > zero { t } else { zero };
-                        }
-                    } else {
-                        for (o, v) in yc.iter_mut().zip(xc) {
-                            *o = (*v - m) * a + b;
+                avx2(|| {
+                    let (mean, r) = stats(xb, self.eps);
+                    let c0 = (ng % d.groups) * d.cg();
+                    for (j, (yc, xc)) in yb.chunks_mut(d.s).zip(xb.chunks(d.s)).enumerate() {
+                        // y = (x − μ)·a + β with a = γ·r (subtracting first keeps groups
+                        // of near-constant values exact).
+                        let a = T::from_f64(gamma[c0 + j].to_f64() * r);
+                        let (m, b) = (T::from_f64(mean), beta[c0 + j]);
+                        let zero = T::from_f64(0.0);
+                        if self.relu {
+                            for (o, v) in yc.iter_mut().zip(xc) {
+                                let t = (*v - m) * a + b;
+                                *o = if t > zero { t } else { zero };
+                            }
+                        } else {
+                            for (o, v) in yc.iter_mut().zip(xc) {
+                                *o = (*v - m) * a + b;
+                            }
                         }
                     }
-                }
+                })
             });
         y
     }
@@ -185,28 +174,32 @@ struct GroupNormBwdOp {
 fn channel_sums<T: WithDType>(x: &[T], y: &[T], dy: &[T], relu: bool) -> (f64, f64) {
     let (mut sg, mut sgx) = ([0.0f64; 8], [0.0f64; 8]);
     let zero = T::from_f64(0.0);
-    let n8 = x.len() / 8 * 8;
-    for i in (0..n8).step_by(8) {
-        for l in 0..8 {
-            let g = if relu && y[i + l] <= zero {
-                zero
-            } else {
-                dy[i + l]
-            };
+    let n8 = x.len().min(y.len()).min(dy.len()) / 8 * 8;
+    let (xb, xt) = x.split_at(n8);
+    let (yb, yt) = y.split_at(n8);
+    let (gb, gt) = dy.split_at(n8);
+    let chunks = xb
+        .chunks_exact(8)
+        .zip(yb.chunks_exact(8))
+        .zip(gb.chunks_exact(8));
+    for ((xc, yc), gc) in chunks {
+        let lanes = sg.iter_mut().zip(sgx.iter_mut()).zip(xc).zip(yc).zip(gc);
+        for ((((s, sx), xv), yv), gv) in lanes {
+            let g = if relu && *yv <= zero { zero } else { *gv };
             let g = g.to_f64();
-            sg[l] += g;
-            sgx[l] += g * x[i + l].to_f64();
+            *s += g;
+            *sx += g * xv.to_f64();
         }
     }
     let (mut a, mut b) = (sg.iter().sum::<f64>(), sgx.iter().sum::<f64>());
-    for i in n8..x.len() {
-        let g = if relu && y[i] <= zero {
+    for ((xv, yv), gv) in xt.iter().zip(yt).zip(gt) {
+        let g = if relu && *yv <= zero {
             0.0
         } else {
-            dy[i].to_f64()
+            gv.to_f64()
         };
         a += g;
-        b += g * x[i].to_f64();
+        b += g * xv.to_f64();
     }
     (a, b)
 }
@@ -215,48 +208,69 @@ impl GroupNormBwdOp {
     /// Per (image, group) block: with `Sg_c = Σ g`, `Sgx_c = Σ g·x` per channel,
     /// `Σ g·x̂ = r·(Sgx_c − μ·Sg_c)`, and `dx = A_c·g + B·x + C` with
     /// `A_c = r·γ_c`, `B = −r²·mean(h·x̂)`, `C = −r·mean(h) − B·μ` (one FMA pass).
-    fn run<T: WithDType>(&self, d: Dims, x: &[T], y: &[T], dy: &[T]) -> Vec<T> {
+    /// One (image, group) block `ng`: writes its `dx` into `dxb` and returns
+    /// `(Σ g·x̂, Σ g)` of each of its channels (their dγ, dβ contributions).
+    #[inline(always)]
+    fn block_bwd<T: WithDType>(
+        &self,
+        d: Dims,
+        ng: usize,
+        x: &[T],
+        y: &[T],
+        dy: &[T],
+        dxb: &mut [T],
+    ) -> Vec<(f64, f64)> {
         let zero = T::from_f64(0.0);
         let relu = self.fwd.relu;
-        let mut out = vec![zero; x.len() + 2 * d.c];
+        let blk = d.cg() * d.s;
+        let r0 = ng * blk;
+        let (xb, yb, gb) = (&x[r0..r0 + blk], &y[r0..r0 + blk], &dy[r0..r0 + blk]);
+        let (mean, r) = stats(xb, self.fwd.eps);
+        let c0 = (ng % d.groups) * d.cg();
+        let mut sums = Vec::with_capacity(d.cg());
+        let (mut sh, mut shx) = (0.0, 0.0);
+        for j in 0..d.cg() {
+            let rg = j * d.s..(j + 1) * d.s;
+            let (sg, sgx) = channel_sums(&xb[rg.clone()], &yb[rg.clone()], &gb[rg], relu);
+            let sgxh = r * (sgx - mean * sg);
+            let gm = self.gamma[c0 + j];
+            sh += gm * sg;
+            shx += gm * sgxh;
+            sums.push((sgxh, sg));
+        }
+        let m = blk as f64;
+        let (mh, mhx) = (sh / m, shx / m);
+        let bb = -r * r * mhx;
+        let cc = -r * mh - bb * mean;
+        let (bt, ct) = (T::from_f64(bb), T::from_f64(cc));
+        for j in 0..d.cg() {
+            let at = T::from_f64(r * self.gamma[c0 + j]);
+            let rg = j * d.s..(j + 1) * d.s;
+            let (xc, yc, gc) = (&xb[rg.clone()], &yb[rg.clone()], &gb[rg.clone()]);
+            let out = dxb[rg].iter_mut().zip(xc).zip(yc).zip(gc);
+            if relu {
+                for (((o, xv), yv), gv) in out {
+                    let g = if *yv <= zero { zero } else { *gv };
+                    *o = at * g + bt * *xv + ct;
+                }
+            } else {
+                for (((o, xv), _), gv) in out {
+                    *o = at * *gv + bt * *xv + ct;
+                }
+            }
+        }
+        sums
+    }
+
+    fn run<T: WithDType>(&self, d: Dims, x: &[T], y: &[T], dy: &[T]) -> Vec<T> {
+        let mut out = vec![T::from_f64(0.0); x.len() + 2 * d.c];
         let blk = d.cg() * d.s;
         let (dx, params) = out.split_at_mut(x.len());
         // Per (image, group): (dγ, dβ) of each of its channels.
         let partials: Vec<Vec<(f64, f64)>> = dx
             .par_chunks_mut(blk)
             .enumerate()
-            .map(|(ng, dxb)| {
-                let r0 = ng * blk;
-                let (xb, yb, gb) = (&x[r0..r0 + blk], &y[r0..r0 + blk], &dy[r0..r0 + blk]);
-                let (mean, r) = stats(xb, self.fwd.eps);
-                let c0 = (ng % d.groups) * d.cg();
-                let mut sums = Vec::with_capacity(d.cg());
-                let (mut sh, mut shx) = (0.0, 0.0);
-                for j in 0..d.cg() {
-                    let rg = j * d.s..(j + 1) * d.s;
-                    let (sg, sgx) = channel_sums(&xb[rg.clone()], &yb[rg.clone()], &gb[rg], relu);
-                    let sgxh = r * (sgx - mean * sg);
-                    let gm = self.gamma[c0 + j];
-                    sh += gm * sg;
-                    shx += gm * sgxh;
-                    sums.push((sgxh, sg));
-                }
-                let m = blk as f64;
-                let (mh, mhx) = (sh / m, shx / m);
-                let bb = -r * r * mhx;
-                let cc = -r * mh - bb * mean;
-                let (bt, ct) = (T::from_f64(bb), T::from_f64(cc));
-                for j in 0..d.cg() {
-                    let at = T::from_f64(r * self.gamma[c0 + j]);
-                    let rg = j * d.s..(j + 1) * d.s;
-                    let (xc, yc, gc) = (&xb[rg.clone()], &yb[rg.clone()], &gb[rg.clone()]);
-                    for (k, o) in dxb[rg].iter_mut().enumerate() {
-                        let g = if relu && yc[k] <= zero { zero } else { gc[k] };
-                        *o = at * g + bt * xc[k] + ct;
-                    }
-                }
-                sums
-            })
+            .map(|(ng, dxb)| avx2(|| self.block_bwd(d, ng, x, y, dy, dxb)))
             .collect();
         let (dgamma, dbeta) = params.split_at_mut(d.c);
         let mut acc = vec![(0.0f64, 0.0f64); d.c];
