@@ -63,6 +63,10 @@ struct StepArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// Keep glibc's default allocator settings (by default the bench calls
+    /// `calseg_seg::ops::keep_freed_memory`, which saves page faults).
+    #[arg(long)]
+    default_malloc: bool,
 }
 
 impl StepArgs {
@@ -115,6 +119,10 @@ fn print_json(json: calseg_seg::Result<String>) -> CliResult {
 
 /// Runs `calseg bench …`.
 pub fn run(args: BenchArgs) -> CliResult {
+    let (BenchWhat::UnetStep(a) | BenchWhat::ConvKernels(a)) = &args.what;
+    if !a.default_malloc {
+        calseg_seg::ops::keep_freed_memory();
+    }
     match args.what {
         BenchWhat::UnetStep(a) => {
             let cfg = a.config()?;
