@@ -10,7 +10,7 @@
 //! ever materialise a *tile* of it: the columns `p0 .. p0 + pt` (flat output positions)
 //! and the rows of a channel range `c0 .. c1`, so the buffer stays in the L2 cache.
 
-use super::simd::avx2;
+use super::simd::avx2_dispatch;
 use candle_core::WithDType;
 
 /// Shape of one convolution `x (n, ci, i) ⊛ w (co, ci, k) → y (n, co, o)` with
@@ -167,15 +167,31 @@ pub(crate) fn im2col<T: WithDType>(
     col: &mut [T],
 ) {
     if g.s == [1, 1, 1] {
-        im2col_s1(g, x, c0, c1, p0, pt, col)
+        im2col_s1_d(g, x, c0, c1, p0, pt, col)
     } else {
-        avx2(|| im2col_impl(g, x, c0, c1, p0, pt, col))
+        im2col_impl_d(g, x, c0, c1, p0, pt, col)
     }
+}
+
+avx2_dispatch! {
+    /// [`im2col_s1`] with AVX2 + FMA when available.
+    fn im2col_s1_d<T: WithDType>(g: &Geom, x: &[T], c0: usize, c1: usize, p0: usize, pt: usize, col: &mut [T]) => im2col_s1
+}
+
+avx2_dispatch! {
+    /// [`im2col_impl`] with AVX2 + FMA when available.
+    fn im2col_impl_d<T: WithDType>(g: &Geom, x: &[T], c0: usize, c1: usize, p0: usize, pt: usize, col: &mut [T]) => im2col_impl
+}
+
+avx2_dispatch! {
+    /// [`col2im_add_impl`] with AVX2 + FMA when available.
+    fn col2im_add_impl_d<T: WithDType>(g: &Geom, col: &[T], c0: usize, c1: usize, p0: usize, pt: usize, dx: &mut [T]) => col2im_add_impl
 }
 
 /// [`im2col`] for stride 1 (every 3×3 "same" convolution and the flipped input-gradient
 /// convolutions): the width-runs of the tile are listed once, and the valid span of each
 /// run and tap needs no division.
+#[inline(always)]
 fn im2col_s1<T: WithDType>(
     g: &Geom,
     x: &[T],
@@ -294,7 +310,7 @@ pub(crate) fn col2im_add<T: WithDType>(
     pt: usize,
     dx: &mut [T],
 ) {
-    avx2(|| col2im_add_impl(g, col, c0, c1, p0, pt, dx))
+    col2im_add_impl_d(g, col, c0, c1, p0, pt, dx)
 }
 
 #[inline(always)]

@@ -13,7 +13,7 @@
 //! - bias gradient:  `db[o] = Σ_n Σ_p dY[n][o][p]`
 
 use super::geom::{Geom, col2im_add, im2col};
-use super::simd::{avx2, lane_sum};
+use super::simd::{avx2_dispatch, lane_sum};
 use candle_core::WithDType;
 use rayon::prelude::*;
 
@@ -391,13 +391,24 @@ pub(crate) fn conv_grad_weight_srcs<T: WithDType>(
     }
 }
 
+/// `Σ row` in f64 lanes.
+#[inline(always)]
+fn row_sum<T: WithDType>(row: &[T]) -> f64 {
+    lane_sum(row, |v| v)
+}
+
+avx2_dispatch! {
+    /// [`row_sum`], with AVX2 + FMA when available.
+    fn row_sum_d<T: WithDType>(row: &[T]) -> f64 => row_sum
+}
+
 /// Bias gradient: `db[o] = Σ_n Σ_p dy[n][o][p]` for `dy (n, c, P)`.
 pub(crate) fn bias_grad<T: WithDType>(n: usize, c: usize, p_all: usize, dy: &[T], db: &mut [T]) {
     db.par_iter_mut().enumerate().for_each(|(o, d)| {
         let s: f64 = (0..n)
             .map(|img| {
                 let row = &dy[(img * c + o) * p_all..(img * c + o + 1) * p_all];
-                avx2(|| lane_sum(row, |v| v))
+                row_sum_d(row)
             })
             .sum();
         *d = T::from_f64(s);

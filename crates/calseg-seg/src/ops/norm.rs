@@ -19,7 +19,7 @@
 //! Instance norm is the special case `groups = C`.
 
 use super::conv::{slice, with_float};
-use super::simd::{avx2, lane_sum};
+use super::simd::{avx2_dispatch, lane_sum};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType, bail};
 use rayon::prelude::*;
@@ -77,30 +77,55 @@ impl GroupNormOp {
             .zip(x.par_chunks(blk))
             .enumerate()
             .for_each(|(ng, (yb, xb))| {
-                avx2(|| {
-                    let (mean, r) = stats(xb, self.eps);
-                    let c0 = (ng % d.groups) * d.cg();
-                    for (j, (yc, xc)) in yb.chunks_mut(d.s).zip(xb.chunks(d.s)).enumerate() {
-                        // y = (x − μ)·a + β with a = γ·r (subtracting first keeps groups
-                        // of near-constant values exact).
-                        let a = T::from_f64(gamma[c0 + j].to_f64() * r);
-                        let (m, b) = (T::from_f64(mean), beta[c0 + j]);
-                        let zero = T::from_f64(0.0);
-                        if self.relu {
-                            for (o, v) in yc.iter_mut().zip(xc) {
-                                let t = (*v - m) * a + b;
-                                *o = if t > zero { t } else { zero };
-                            }
-                        } else {
-                            for (o, v) in yc.iter_mut().zip(xc) {
-                                *o = (*v - m) * a + b;
-                            }
-                        }
-                    }
-                })
+                fwd_block_d(self, d, ng, xb, yb, gamma, beta);
             });
         y
     }
+}
+
+/// One (image, group) block `ng` of the forward pass: `yb = relu?((xb − μ)·γr + β)`.
+#[inline(always)]
+fn fwd_block<T: WithDType>(
+    op: &GroupNormOp,
+    d: Dims,
+    ng: usize,
+    xb: &[T],
+    yb: &mut [T],
+    gamma: &[T],
+    beta: &[T],
+) {
+    let (mean, r) = stats(xb, op.eps);
+    let c0 = (ng % d.groups) * d.cg();
+    for (j, (yc, xc)) in yb.chunks_mut(d.s).zip(xb.chunks(d.s)).enumerate() {
+        // y = (x − μ)·a + β with a = γ·r (subtracting first keeps groups
+        // of near-constant values exact).
+        let a = T::from_f64(gamma[c0 + j].to_f64() * r);
+        let (m, b) = (T::from_f64(mean), beta[c0 + j]);
+        let zero = T::from_f64(0.0);
+        if op.relu {
+            for (o, v) in yc.iter_mut().zip(xc) {
+                let t = (*v - m) * a + b;
+                *o = if t > zero { t } else { zero };
+            }
+        } else {
+            for (o, v) in yc.iter_mut().zip(xc) {
+                *o = (*v - m) * a + b;
+            }
+        }
+    }
+}
+
+avx2_dispatch! {
+    /// [`fwd_block`], with AVX2 + FMA when available.
+    fn fwd_block_d<T: WithDType>(
+        op: &GroupNormOp,
+        d: Dims,
+        ng: usize,
+        xb: &[T],
+        yb: &mut [T],
+        gamma: &[T],
+        beta: &[T],
+    ) => fwd_block
 }
 
 impl CustomOp3 for GroupNormOp {
@@ -185,7 +210,8 @@ fn channel_sums<T: WithDType>(x: &[T], y: &[T], dy: &[T], relu: bool) -> (f64, f
     for ((xc, yc), gc) in chunks {
         let lanes = sg.iter_mut().zip(sgx.iter_mut()).zip(xc).zip(yc).zip(gc);
         for ((((s, sx), xv), yv), gv) in lanes {
-            let g = if relu && *yv <= zero { zero } else { *gv };
+            let (yv, gv) = (*yv, *gv);
+            let g = if relu && yv <= zero { zero } else { gv };
             let g = g.to_f64();
             *s += g;
             *sx += g * xv.to_f64();
@@ -204,64 +230,80 @@ fn channel_sums<T: WithDType>(x: &[T], y: &[T], dy: &[T], relu: bool) -> (f64, f
     (a, b)
 }
 
-impl GroupNormBwdOp {
-    /// Per (image, group) block: with `Sg_c = Σ g`, `Sgx_c = Σ g·x` per channel,
-    /// `Σ g·x̂ = r·(Sgx_c − μ·Sg_c)`, and `dx = A_c·g + B·x + C` with
-    /// `A_c = r·γ_c`, `B = −r²·mean(h·x̂)`, `C = −r·mean(h) − B·μ` (one FMA pass).
-    /// One (image, group) block `ng`: writes its `dx` into `dxb` and returns
-    /// `(Σ g·x̂, Σ g)` of each of its channels (their dγ, dβ contributions).
-    #[inline(always)]
-    fn block_bwd<T: WithDType>(
-        &self,
+/// One (image, group) block `ng`: writes its `dx` into `dxb` and returns
+/// `(Σ g·x̂, Σ g)` of each of its channels (their dγ, dβ contributions).
+#[inline(always)]
+fn block_bwd<T: WithDType>(
+    op: &GroupNormBwdOp,
+    d: Dims,
+    ng: usize,
+    x: &[T],
+    y: &[T],
+    dy: &[T],
+    dxb: &mut [T],
+) -> Vec<(f64, f64)> {
+    let zero = T::from_f64(0.0);
+    let relu = op.fwd.relu;
+    let blk = d.cg() * d.s;
+    let r0 = ng * blk;
+    let (xb, yb, gb) = (&x[r0..r0 + blk], &y[r0..r0 + blk], &dy[r0..r0 + blk]);
+    let (mean, r) = stats(xb, op.fwd.eps);
+    let c0 = (ng % d.groups) * d.cg();
+    let mut sums = Vec::with_capacity(d.cg());
+    let (mut sh, mut shx) = (0.0, 0.0);
+    for j in 0..d.cg() {
+        let rg = j * d.s..(j + 1) * d.s;
+        let (sg, sgx) = channel_sums(&xb[rg.clone()], &yb[rg.clone()], &gb[rg], relu);
+        let sgxh = r * (sgx - mean * sg);
+        let gm = op.gamma[c0 + j];
+        sh += gm * sg;
+        shx += gm * sgxh;
+        sums.push((sgxh, sg));
+    }
+    let m = blk as f64;
+    let (mh, mhx) = (sh / m, shx / m);
+    let bb = -r * r * mhx;
+    let cc = -r * mh - bb * mean;
+    let (bt, ct) = (T::from_f64(bb), T::from_f64(cc));
+    for j in 0..d.cg() {
+        let at = T::from_f64(r * op.gamma[c0 + j]);
+        let rg = j * d.s..(j + 1) * d.s;
+        let (xc, yc, gc) = (&xb[rg.clone()], &yb[rg.clone()], &gb[rg.clone()]);
+        let out = dxb[rg].iter_mut().zip(xc).zip(yc).zip(gc);
+        if relu {
+            for (((o, xv), yv), gv) in out {
+                // Load first: a select of two loaded values vectorises, a load
+                // inside a branch does not.
+                let (xv, yv, gv) = (*xv, *yv, *gv);
+                let g = if yv > zero { gv } else { zero };
+                *o = at * g + bt * xv + ct;
+            }
+        } else {
+            for (((o, xv), _), gv) in out {
+                *o = at * *gv + bt * *xv + ct;
+            }
+        }
+    }
+    sums
+}
+
+avx2_dispatch! {
+    /// [`block_bwd`], with AVX2 + FMA when available.
+    fn bwd_block_d<T: WithDType>(
+        op: &GroupNormBwdOp,
         d: Dims,
         ng: usize,
         x: &[T],
         y: &[T],
         dy: &[T],
         dxb: &mut [T],
-    ) -> Vec<(f64, f64)> {
-        let zero = T::from_f64(0.0);
-        let relu = self.fwd.relu;
-        let blk = d.cg() * d.s;
-        let r0 = ng * blk;
-        let (xb, yb, gb) = (&x[r0..r0 + blk], &y[r0..r0 + blk], &dy[r0..r0 + blk]);
-        let (mean, r) = stats(xb, self.fwd.eps);
-        let c0 = (ng % d.groups) * d.cg();
-        let mut sums = Vec::with_capacity(d.cg());
-        let (mut sh, mut shx) = (0.0, 0.0);
-        for j in 0..d.cg() {
-            let rg = j * d.s..(j + 1) * d.s;
-            let (sg, sgx) = channel_sums(&xb[rg.clone()], &yb[rg.clone()], &gb[rg], relu);
-            let sgxh = r * (sgx - mean * sg);
-            let gm = self.gamma[c0 + j];
-            sh += gm * sg;
-            shx += gm * sgxh;
-            sums.push((sgxh, sg));
-        }
-        let m = blk as f64;
-        let (mh, mhx) = (sh / m, shx / m);
-        let bb = -r * r * mhx;
-        let cc = -r * mh - bb * mean;
-        let (bt, ct) = (T::from_f64(bb), T::from_f64(cc));
-        for j in 0..d.cg() {
-            let at = T::from_f64(r * self.gamma[c0 + j]);
-            let rg = j * d.s..(j + 1) * d.s;
-            let (xc, yc, gc) = (&xb[rg.clone()], &yb[rg.clone()], &gb[rg.clone()]);
-            let out = dxb[rg].iter_mut().zip(xc).zip(yc).zip(gc);
-            if relu {
-                for (((o, xv), yv), gv) in out {
-                    let g = if *yv <= zero { zero } else { *gv };
-                    *o = at * g + bt * *xv + ct;
-                }
-            } else {
-                for (((o, xv), _), gv) in out {
-                    *o = at * *gv + bt * *xv + ct;
-                }
-            }
-        }
-        sums
-    }
+    ) -> Vec<(f64, f64)> => block_bwd
+}
 
+impl GroupNormBwdOp {
+    /// Per (image, group) block: with `Sg_c = Σ g`, `Sgx_c = Σ g·x` per channel,
+    /// `Σ g·x̂ = r·(Sgx_c − μ·Sg_c)`, and `dx = A_c·g + B·x + C` with
+    /// `A_c = r·γ_c`, `B = −r²·mean(h·x̂)`, `C = −r·mean(h) − B·μ` (one FMA pass).
     fn run<T: WithDType>(&self, d: Dims, x: &[T], y: &[T], dy: &[T]) -> Vec<T> {
         let mut out = vec![T::from_f64(0.0); x.len() + 2 * d.c];
         let blk = d.cg() * d.s;
@@ -270,7 +312,7 @@ impl GroupNormBwdOp {
         let partials: Vec<Vec<(f64, f64)>> = dx
             .par_chunks_mut(blk)
             .enumerate()
-            .map(|(ng, dxb)| avx2(|| self.block_bwd(d, ng, x, y, dy, dxb)))
+            .map(|(ng, dxb)| bwd_block_d(self, d, ng, x, y, dy, dxb))
             .collect();
         let (dgamma, dbeta) = params.split_at_mut(d.c);
         let mut acc = vec![(0.0f64, 0.0f64); d.c];

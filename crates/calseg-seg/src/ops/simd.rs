@@ -3,35 +3,48 @@
 //! The crate is built for the baseline x86-64 target (SSE2), so plain loops vectorise
 //! 4 f32 wide at most, and loops with a branch (the ReLU mask) often not at all. The
 //! GEMMs already dispatch at runtime (the `gemm` crate); [`avx2`] does the same for our
-//! own loops: it runs a closure inside a function compiled with AVX2 + FMA when the CPU
-//! has them, so the (inlined) closure body is vectorised 8 f32 wide.
+//! own loops: it runs an `#[inline(always)]` function inside a copy compiled with AVX2 + FMA when the CPU
+//! has them, so the (inlined) body is vectorised 8 f32 wide.
 
-/// Runs `f`, compiled with AVX2 + FMA enabled when the CPU supports them.
-///
-/// `f` should call only `#[inline(always)]` helpers (or code LLVM inlines), since
-/// functions it calls out of line keep the baseline target features.
+/// Whether the CPU has AVX2 and FMA (cached by `std`).
 #[inline(always)]
-pub(crate) fn avx2<R>(f: impl FnOnce() -> R) -> R {
+pub(crate) fn has_avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the target features `with_avx2` enables were detected at runtime.
-            return unsafe { with_avx2(f) };
-        }
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
     }
-    f()
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
-/// Calls `f` in a function compiled with AVX2 + FMA (the closure is inlined into it).
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
-    f()
+/// Defines `$name`, a function with the signature of `$inner` (an `#[inline(always)]`
+/// function) that runs `$inner` compiled with AVX2 + FMA when the CPU has them (the
+/// body is inlined into a `#[target_feature]` copy), and the baseline code otherwise.
+macro_rules! avx2_dispatch {
+    (
+        $(#[$m:meta])*
+        fn $name:ident <$t:ident: $b:path> ($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $inner:path
+    ) => {
+        $(#[$m])*
+        fn $name<$t: $b>($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn fast<$t: $b>($($arg: $ty),*) $(-> $ret)? {
+                    $inner($($arg),*)
+                }
+                if $crate::ops::simd::has_avx2_fma() {
+                    // SAFETY: the target features of `fast` were detected at runtime.
+                    return unsafe { fast($($arg),*) };
+                }
+            }
+            $inner($($arg),*)
+        }
+    };
 }
+pub(crate) use avx2_dispatch;
 
 /// `Σ f(x_i)` in f64 with 8 independent lanes, so the compiler can vectorise the
 /// conversion and the adds (a single f64 accumulator would serialise them).
