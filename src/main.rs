@@ -42,6 +42,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Training and inference allocate many tensor-sized buffers per step: keeping freed
+    // heap memory (glibc) avoids a page fault per fresh buffer (measured: −13 % per U-Net
+    // step, benches/RESULTS.md). `calseg bench` decides itself (`--default-malloc`).
+    if !matches!(cli.command, Command::Bench(_)) {
+        calseg::seg::ops::keep_freed_memory();
+    }
     let result = match cli.command {
         Command::Eval(args) => cli::eval::run(args),
         Command::Info(args) => cli::info::run(args),
