@@ -100,11 +100,13 @@ pub struct VlsSmoothArgs {
     /// Latent samples m averaged into y_s (≥ 1).
     #[arg(long, default_value_t = 16)]
     samples: usize,
-    /// Temperature τ > 0 of y_s (τ < 1 sharpens).
-    #[arg(long, default_value_t = 1.0)]
+    /// Temperature τ > 0 of y_s (τ < 1 sharpens). Default from the validation sweep on
+    /// the embedded brain (benches/RESULTS.md).
+    #[arg(long, default_value_t = 2.0)]
     tau: f64,
-    /// Mixing weight α ∈ [0, 1]: Y_s = (1 − α)·onehot(y) + α·y_s^τ.
-    #[arg(long, default_value_t = 0.5)]
+    /// Mixing weight α ∈ [0, 1]: Y_s = (1 − α)·onehot(y) + α·y_s^τ. Default from the
+    /// validation sweep on the embedded brain (benches/RESULTS.md).
+    #[arg(long, default_value_t = 0.25)]
     alpha: f64,
     /// Where the latent samples come from.
     #[arg(long, value_enum, default_value_t = FromArg::Posterior)]

@@ -51,8 +51,15 @@ pub enum LatentSource {
     Prior,
 }
 
-/// How to produce soft labels. Defaults: m = 16, τ = 1, α = 0.5, posterior, seed 0,
+/// How to produce soft labels. Defaults: m = 16, τ = 2, α = 0.25, posterior, seed 0,
 /// 8 slices per forward pass.
+///
+/// The defaults come from the sweep α ∈ {0.1, 0.25, 0.5, 0.75, 1} × τ ∈ {0.5, 1, 2} on
+/// the embedded ICBM152 brain (benches/RESULTS.md): (α, τ) = (0.25, 2) gave the lowest
+/// **validation** ECE of the segmentation net trained on `Y_s` among the settings that
+/// kept every class (validation Dice within 0.02 of the best); m = 16 puts the Monte
+/// Carlo error of `y_s` at TV 0.003 from m = 64 (m = 1: 0.011), at ~18 ms per extra
+/// sample for the 82-slice volume.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SmoothConfig {
@@ -74,8 +81,8 @@ impl Default for SmoothConfig {
     fn default() -> Self {
         Self {
             samples: 16,
-            tau: 1.0,
-            alpha: 0.5,
+            tau: 2.0,
+            alpha: 0.25,
             from: LatentSource::Posterior,
             seed: 0,
             batch: 8,
