@@ -382,6 +382,7 @@ mod tests {
         // The empty file is the default; unknown keys and sections are still errors.
         assert_eq!(ExperimentConfig::from_toml("").unwrap(), d);
         assert!(ExperimentConfig::from_toml("[train]\nepohcs = 8\n").is_err());
+        assert!(ExperimentConfig::from_toml("[net]\nbsae = 8\n").is_err());
         assert!(ExperimentConfig::from_toml("[trian]\nepochs = 1\n").is_err());
     }
 }

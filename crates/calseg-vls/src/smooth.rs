@@ -58,7 +58,7 @@ pub enum LatentSource {
 /// the embedded ICBM152 brain (benches/RESULTS.md): (α, τ) = (0.25, 2) gave the lowest
 /// **validation** ECE of the segmentation net trained on `Y_s` among the settings that
 /// kept every class (validation Dice within 0.02 of the best); m = 16 puts the Monte
-/// Carlo error of `y_s` at TV 0.003 from m = 64 (m = 1: 0.011), at ~18 ms per extra
+/// Carlo error of `y_s` at TV 0.005 from m = 64 (m = 1: 0.023), at ~18 ms per extra
 /// sample for the 82-slice volume.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

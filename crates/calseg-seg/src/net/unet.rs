@@ -52,7 +52,7 @@ pub enum PoolKind {
 
 /// Hyper-parameters of a [`UNet`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct UNetConfig {
     /// Spatial dimensions: 2 or 3.
     pub dims: usize,
