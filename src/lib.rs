@@ -35,5 +35,8 @@ pub use calseg_metrics as metrics;
 pub use calseg_seg as seg;
 pub use calseg_vls as vls;
 
+pub mod error;
 pub mod experiment;
 pub mod report;
+
+pub use error::{Error, Result};

@@ -2,9 +2,7 @@
 //! (see [`calseg::experiment`]).
 
 use super::{CliError, CliResult};
-use calseg::experiment::{
-    Experiment, ExperimentConfig, ExperimentError, METHODS, Masks, StderrProgress,
-};
+use calseg::experiment::{Experiment, ExperimentConfig, Masks, MethodId, StderrProgress};
 use calseg_io::Dataset;
 use clap::Args;
 use std::path::PathBuf;
@@ -23,7 +21,7 @@ pub struct ExperimentArgs {
     dims: Option<usize>,
     /// Comma-separated methods (ce,ls,focal,svls,mbls,nacl,calseg). Overrides the config.
     #[arg(long, value_delimiter = ',')]
-    methods: Option<Vec<String>>,
+    methods: Option<Vec<MethodId>>,
     /// First seed. Overrides the config.
     #[arg(long)]
     seed: Option<u64>,
@@ -36,13 +34,6 @@ pub struct ExperimentArgs {
     /// No progress bars (stage lines are still printed).
     #[arg(long)]
     quiet: bool,
-}
-
-fn map_err(e: ExperimentError) -> CliError {
-    match e {
-        ExperimentError::Input(m) => CliError::BadInput(m),
-        ExperimentError::Run(m) => CliError::Failed(m),
-    }
 }
 
 fn read_config(path: Option<&PathBuf>) -> Result<ExperimentConfig, CliError> {
@@ -64,10 +55,7 @@ pub fn run(args: ExperimentArgs) -> CliResult {
         cfg.dims = d;
     }
     if let Some(m) = args.methods {
-        cfg.methods = m
-            .into_iter()
-            .map(|s| s.trim().to_ascii_lowercase())
-            .collect();
+        cfg.methods = m;
     }
     if let Some(s) = args.seed {
         cfg.seed = s;
@@ -78,17 +66,15 @@ pub fn run(args: ExperimentArgs) -> CliResult {
     cfg.validate().map_err(|e| {
         CliError::BadInput(format!(
             "configuration: {e} (methods: {})",
-            METHODS.join(",")
+            MethodId::all_names()
         ))
     })?;
     let ds = Dataset::open(&args.data).map_err(|e| CliError::BadInput(e.to_string()))?;
-    let masks = Masks::from_path(cfg.eval.mask.as_deref()).map_err(map_err)?;
+    let masks = Masks::from_path(cfg.eval.mask.as_deref())?;
     let progress = StderrProgress;
-    let out = Experiment::new(&ds, cfg, &args.out, masks, &progress)
-        .map_err(map_err)?
+    let out = Experiment::new(&ds, cfg, &args.out, masks, &progress)?
         .quiet(args.quiet)
-        .run()
-        .map_err(map_err)?;
+        .run()?;
     println!("{}", out.markdown);
     println!("report: {}", out.out.join("results.md").display());
     Ok(())
@@ -131,15 +117,14 @@ pub fn demo(args: DemoArgs) -> CliResult {
     cfg.seed = args.seed;
     cfg.seeds = args.seeds;
     let progress = StderrProgress;
-    let mut exp = Experiment::new(&ds, cfg, &args.out, Masks::Shared(mask), &progress)
-        .map_err(map_err)?
-        .quiet(args.quiet);
+    let mut exp =
+        Experiment::new(&ds, cfg, &args.out, Masks::Shared(mask), &progress)?.quiet(args.quiet);
     exp = exp.note(if args.quick {
         "calseg demo --quick: a smoke test with a tiny training budget — these numbers are NOT a comparison of the methods; run `calseg demo` for that."
     } else {
         "calseg demo: the embedded ICBM152 2009a template (2 mm), 2D axial slices; train on slices 0–32, validate on 33–40, test on 41–81. ECE, MCE, CECE, ACE, Brier and NLL are computed inside the brain mask; ECE (fg) over voxels labelled CSF/GM/WM; Dice and HD95 over the whole slab."
     });
-    let out = exp.run().map_err(map_err)?;
+    let out = exp.run()?;
     println!("{}", out.markdown);
     println!("report: {}", out.out.join("results.md").display());
     Ok(())

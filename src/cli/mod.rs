@@ -20,6 +20,9 @@ pub enum CliError {
     /// Something failed that is not the input's fault (e.g. writing an output).
     #[error("{0}")]
     Failed(String),
+    /// A library error, kept whole; [`calseg::Error::is_bad_input`] decides its status.
+    #[error(transparent)]
+    Lib(#[from] calseg::Error),
 }
 
 impl CliError {
@@ -28,6 +31,8 @@ impl CliError {
         match self {
             CliError::BadInput(_) => 2,
             CliError::Failed(_) => 1,
+            CliError::Lib(e) if e.is_bad_input() => 2,
+            CliError::Lib(_) => 1,
         }
     }
 }

@@ -116,9 +116,12 @@ fn write(
 
 /// Prefixes an error's message with the case (or file) it concerns, keeping its kind.
 pub(crate) fn in_case(what: &str, e: CliError) -> CliError {
-    match e {
-        CliError::BadInput(m) => CliError::BadInput(format!("{what}: {m}")),
-        CliError::Failed(m) => CliError::Failed(format!("{what}: {m}")),
+    let bad_input = e.exit_code() == 2;
+    let m = format!("{what}: {e}");
+    if bad_input {
+        CliError::BadInput(m)
+    } else {
+        CliError::Failed(m)
     }
 }
 

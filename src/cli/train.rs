@@ -149,16 +149,11 @@ pub(crate) fn failed(e: impl std::fmt::Display) -> CliError {
     CliError::Failed(e.to_string())
 }
 
-/// Errors of calseg-seg: about the input (shapes, configuration, files) → exit 2;
-/// numerical or internal failures → exit 1.
+/// Errors of calseg-seg, through the one bad-input rule ([`calseg::Error::is_bad_input`]):
+/// about the input (shapes, configuration, files) → exit 2; numerical or internal
+/// failures → exit 1.
 pub(crate) fn seg_err(e: SegError) -> CliError {
-    match e {
-        SegError::Config(_)
-        | SegError::Shape(_)
-        | SegError::Io(_)
-        | SegError::Checkpoint { .. } => bad(e),
-        _ => failed(e),
-    }
+    CliError::Lib(e.into())
 }
 
 /// Opens a dataset folder (exit 2 naming it when that fails).

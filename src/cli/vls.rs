@@ -134,12 +134,9 @@ pub fn run(args: VlsArgs) -> CliResult {
 }
 
 /// Errors of calseg-vls: configuration and shapes are the input's fault (exit 2).
+/// Errors of calseg-vls, through the one bad-input rule ([`calseg::Error::is_bad_input`]).
 fn vls_err(e: VlsError) -> CliError {
-    match e {
-        VlsError::Config(_) | VlsError::Shape(_) | VlsError::Io(_) => bad(e),
-        VlsError::Seg(e) => seg_err(e),
-        VlsError::Candle(_) => failed(e),
-    }
+    CliError::Lib(e.into())
 }
 
 fn train(args: VlsTrainArgs) -> CliResult {
@@ -310,10 +307,8 @@ fn smooth(args: VlsSmoothArgs) -> CliResult {
         .map_err(|e| failed(format!("{}: cannot create: {e}", args.out.display())))?;
     let mut stats: Vec<SmoothStats> = Vec::with_capacity(cases.len());
     for c in &cases {
-        let soft = smooth_case(&model, c, &sc).map_err(|e| match vls_err(e) {
-            CliError::BadInput(m) => bad(format!("case {}: {m}", c.id)),
-            CliError::Failed(m) => failed(format!("case {}: {m}", c.id)),
-        })?;
+        let soft = smooth_case(&model, c, &sc)
+            .map_err(|e| super::predict::in_case(&format!("case {}", c.id), vls_err(e)))?;
         write_soft_labels(&args.out, &soft, &c.geometry).map_err(failed)?;
         let s = &soft.stats;
         println!(

@@ -11,24 +11,96 @@
 //! [split]   # see SplitConfig: axis = 2, test_fraction = 0.5, val_fraction = 0.2, min_cases = 5
 //! [net]     # U-Net of every segmentation net: base = 16, depth = 3, norm = {group = 8}
 //! [train]   # TrainerConfig of every segmentation net (same budget for all methods)
-//! [loss]    # ls_eps = 0.1, focal_gamma = 3, svls_sigma = 1, mbls_margin = 5, …, dice_weight = 0
+//! [loss]    # the losses' own defaults: ls_eps = 0.1, focal_gamma = 3, svls_sigma = 1, mbls_margin = 5, …, dice_weight = 0
 //! [vls]     # VlsConfig of the variational label smoother
 //! [vls_train]  # its TrainerConfig
-//! [calseg]  # samples = 16, tau = [2.0], alpha = [0.25], from = "posterior"; lists → sweep on validation
+//! [calseg]  # samples = 16, tau = [2.0], alpha = [0.25], from = "posterior", dice_tolerance = 0.02; lists → sweep on validation
 //! [eval]    # bins = 15, hd95 = true, mask = "brainmask.nii.gz" (file or folder of CASE.nii.gz)
 //! ```
 
 use super::split::SplitConfig;
-use calseg_seg::loss::{Method, NaclNorm, NaclWindow};
-use calseg_seg::net::{NormKind, UNetConfig};
+use calseg_seg::loss::{LossConfig, Method, NaclNorm, NaclWindow};
+use calseg_seg::net::UNetConfig;
 use calseg_seg::train::{Schedule, TrainerConfig};
+use calseg_vls::CalsegConfig;
 use calseg_vls::VlsConfig;
 use calseg_vls::smooth::LatentSource;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-/// The methods `calseg experiment` knows, in report order.
-pub const METHODS: [&str; 7] = ["ce", "ls", "focal", "svls", "mbls", "nacl", "calseg"];
+/// A method `calseg experiment` compares, by name (`"ce"`, …, `"calseg"` in TOML,
+/// `--methods` and the report). The order of [`MethodId::ALL`] is the report order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MethodId {
+    /// Cross-entropy on hard labels.
+    Ce,
+    /// Label smoothing.
+    Ls,
+    /// Focal loss.
+    Focal,
+    /// Spatially varying label smoothing.
+    Svls,
+    /// Margin-based label smoothing.
+    Mbls,
+    /// Neighbour-aware calibration loss.
+    Nacl,
+    /// CALSeg: soft-target CE on the variational label smoother's `Y_s`.
+    Calseg,
+}
+
+impl MethodId {
+    /// Every method, in report order.
+    pub const ALL: [MethodId; 7] = [
+        MethodId::Ce,
+        MethodId::Ls,
+        MethodId::Focal,
+        MethodId::Svls,
+        MethodId::Mbls,
+        MethodId::Nacl,
+        MethodId::Calseg,
+    ];
+
+    /// The name (`ce`, `ls`, `focal`, `svls`, `mbls`, `nacl`, `calseg`).
+    pub fn name(self) -> &'static str {
+        match self {
+            MethodId::Ce => "ce",
+            MethodId::Ls => "ls",
+            MethodId::Focal => "focal",
+            MethodId::Svls => "svls",
+            MethodId::Mbls => "mbls",
+            MethodId::Nacl => "nacl",
+            MethodId::Calseg => "calseg",
+        }
+    }
+
+    /// The names of every method, comma-separated (for messages).
+    pub fn all_names() -> String {
+        MethodId::ALL.map(MethodId::name).join(",")
+    }
+}
+
+impl std::fmt::Display for MethodId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for MethodId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim().to_ascii_lowercase();
+        MethodId::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown method {s:?}: expected one of {}",
+                    MethodId::all_names()
+                )
+            })
+    }
+}
 
 /// The whole experiment.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -40,8 +112,8 @@ pub struct ExperimentConfig {
     pub seeds: usize,
     /// 2 (slices) or 3 (patches / whole volumes).
     pub dims: usize,
-    /// Methods to train (subset of [`METHODS`]).
-    pub methods: Vec<String>,
+    /// Methods to train.
+    pub methods: Vec<MethodId>,
     /// Also report CE with temperature scaling fitted on the validation part (`ce+ts`).
     pub temperature_scaling: bool,
     /// Train/validation/test split.
@@ -89,47 +161,58 @@ pub struct LossParams {
 }
 
 impl Default for LossParams {
+    /// The defaults of the losses themselves (calseg-seg, ANCHORS): one default per
+    /// hyper-parameter for `calseg train` and `calseg experiment` alike.
     fn default() -> Self {
+        use calseg_seg::loss::{Focal, LabelSmoothing, Mbls, Nacl, Svls};
+        let (svls, mbls, nacl) = (Svls::default(), Mbls::default(), Nacl::default());
         Self {
-            ls_eps: 0.1,
-            focal_gamma: 3.0,
-            svls_kernel: 3,
-            svls_sigma: 1.0,
-            mbls_margin: 5.0,
-            mbls_lambda: 0.1,
-            nacl_kernel: 3,
-            nacl_alpha: 0.1,
+            ls_eps: LabelSmoothing::default().eps,
+            focal_gamma: Focal::default().gamma,
+            svls_kernel: svls.kernel,
+            svls_sigma: svls.sigma,
+            mbls_margin: mbls.margin,
+            mbls_lambda: mbls.lambda,
+            nacl_kernel: nacl.kernel,
+            nacl_alpha: nacl.alpha,
             dice_weight: 0.0,
         }
     }
 }
 
 impl LossParams {
-    /// The loss of a method name (`calseg` trains with soft-target CE on `Y_s`).
-    pub fn method(&self, name: &str) -> Option<Method> {
-        Some(match name {
-            "ce" => Method::Ce,
-            "ls" => Method::Ls { eps: self.ls_eps },
-            "focal" => Method::Focal {
+    /// The loss of a method (`calseg` trains with soft-target CE on `Y_s`).
+    pub fn method(&self, m: MethodId) -> Method {
+        match m {
+            MethodId::Ce => Method::Ce,
+            MethodId::Ls => Method::Ls { eps: self.ls_eps },
+            MethodId::Focal => Method::Focal {
                 gamma: self.focal_gamma,
             },
-            "svls" => Method::Svls {
+            MethodId::Svls => Method::Svls {
                 kernel: self.svls_kernel,
                 sigma: self.svls_sigma,
             },
-            "mbls" => Method::Mbls {
+            MethodId::Mbls => Method::Mbls {
                 margin: self.mbls_margin,
                 lambda: self.mbls_lambda,
             },
-            "nacl" => Method::Nacl {
+            MethodId::Nacl => Method::Nacl {
                 kernel: self.nacl_kernel,
                 alpha: self.nacl_alpha,
                 norm: NaclNorm::L1,
                 window: NaclWindow::Mean,
             },
-            "calseg" | "soft" => Method::Soft,
-            _ => return None,
-        })
+            MethodId::Calseg => Method::Soft,
+        }
+    }
+
+    /// The loss configuration of a method (its [`Method`] plus the common Dice weight).
+    pub fn loss(&self, m: MethodId) -> LossConfig {
+        LossConfig {
+            method: self.method(m),
+            dice_weight: self.dice_weight,
+        }
     }
 }
 
@@ -147,15 +230,20 @@ pub struct CalsegParams {
     pub alpha: Vec<f64>,
     /// Sample z from the posterior (the paper) or the prior.
     pub from: LatentSource,
+    /// How far below the best validation Dice a setting may fall and still be chosen.
+    pub dice_tolerance: f64,
 }
 
 impl Default for CalsegParams {
+    /// CALSeg's own defaults ([`CalsegConfig::default`]).
     fn default() -> Self {
+        let c = CalsegConfig::default();
         Self {
-            samples: 16,
-            tau: vec![2.0],
-            alpha: vec![0.25],
-            from: LatentSource::Posterior,
+            samples: c.samples,
+            tau: c.tau,
+            alpha: c.alpha,
+            from: c.from,
+            dice_tolerance: c.dice_tolerance,
         }
     }
 }
@@ -186,41 +274,22 @@ impl Default for EvalParams {
 }
 
 impl Default for ExperimentConfig {
+    /// CALSeg's defaults ([`CalsegConfig::default`]) for the smoother and every net, so
+    /// that all methods get the same budget and a hyper-parameter has one default.
     fn default() -> Self {
-        let train = TrainerConfig {
-            epochs: 40,
-            batch_size: 8,
-            lr: 2e-3,
-            weight_decay: 1e-4,
-            schedule: Schedule::Cosine { warmup: 20 },
-            flips: true,
-            validate_every: 0,
-            checkpoint_every: 10,
-            ..TrainerConfig::default()
-        };
+        let c = CalsegConfig::default();
         Self {
             seed: 0,
             seeds: 1,
             dims: 2,
-            methods: METHODS.iter().map(|s| s.to_string()).collect(),
+            methods: MethodId::ALL.to_vec(),
             temperature_scaling: true,
             split: SplitConfig::default(),
-            net: UNetConfig {
-                base: 16,
-                depth: 3,
-                norm: NormKind::Group(8),
-                ..UNetConfig::default()
-            },
-            train: train.clone(),
+            net: c.net.net.clone(),
+            train: c.net.train.clone(),
             loss: LossParams::default(),
-            vls: VlsConfig {
-                base: 16,
-                depth: 3,
-                enc_base: 16,
-                enc_levels: 4,
-                ..VlsConfig::default()
-            },
-            vls_train: train,
+            vls: c.smoother.clone(),
+            vls_train: c.smoother_train.clone(),
             calseg: CalsegParams::default(),
             patch: None,
             eval: EvalParams::default(),
@@ -263,16 +332,8 @@ impl ExperimentConfig {
         if self.methods.is_empty() {
             return Err("no methods to run".into());
         }
-        for m in &self.methods {
-            if !METHODS.contains(&m.as_str()) {
-                return Err(format!(
-                    "unknown method {m:?}: expected one of {}",
-                    METHODS.join(", ")
-                ));
-            }
-            if let Some(method) = self.loss.method(m) {
-                method.validate().map_err(|e| e.to_string())?;
-            }
+        for &m in &self.methods {
+            self.loss.method(m).validate().map_err(|e| e.to_string())?;
         }
         let c = &self.calseg;
         if c.samples == 0 {
@@ -300,17 +361,36 @@ impl ExperimentConfig {
     }
 
     /// The methods in report order, `ce+ts` after `ce` when temperature scaling is on.
-    pub fn reported_methods(&self) -> Vec<String> {
+    pub fn reported_methods(&self) -> Vec<Reported> {
         let mut out = Vec::new();
-        for m in METHODS {
-            if self.methods.iter().any(|x| x == m) {
-                out.push(m.to_string());
-                if m == "ce" && self.temperature_scaling {
-                    out.push("ce+ts".to_string());
+        for m in MethodId::ALL {
+            if self.methods.contains(&m) {
+                out.push(Reported::Method(m));
+                if m == MethodId::Ce && self.temperature_scaling {
+                    out.push(Reported::CeTs);
                 }
             }
         }
         out
+    }
+}
+
+/// A row of the report: a trained method, or CE with temperature scaling (`ce+ts`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reported {
+    /// A trained method.
+    Method(MethodId),
+    /// CE with the temperature fitted on validation.
+    CeTs,
+}
+
+impl Reported {
+    /// The name in the report (`ce+ts` for temperature scaling).
+    pub fn name(self) -> &'static str {
+        match self {
+            Reported::Method(m) => m.name(),
+            Reported::CeTs => "ce+ts",
+        }
     }
 }
 

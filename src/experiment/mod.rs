@@ -12,6 +12,6 @@ pub mod config;
 mod run;
 pub mod split;
 
-pub use config::{CalsegParams, EvalParams, ExperimentConfig, LossParams, METHODS};
+pub use config::{CalsegParams, EvalParams, ExperimentConfig, LossParams, MethodId, Reported};
 pub use run::{Experiment, ExperimentError, Masks, NoProgress, Outcome, Progress, StderrProgress};
 pub use split::{Part, Slab, SplitConfig, SplitError, SplitPlan, load_part};

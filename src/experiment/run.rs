@@ -10,99 +10,32 @@
 //! OUT/results.json, results.md, reliability_*.png|svg, panel.png
 //! ```
 
-use super::config::ExperimentConfig;
-use super::split::{Part, SplitError, SplitPlan, load_part};
-use crate::report::{self, MachineInfo, MethodResult, ReportError};
-use calseg_io::{Case, Dataset, IoError, NamedTensor, read_labels, write_safetensors};
-use calseg_metrics::{
-    Evaluator, MetricConfig, MetricsError, Region, ReliabilityBin, hd95_per_class,
-};
-use calseg_seg::SegError;
+use super::config::{ExperimentConfig, MethodId, Reported};
+use super::split::{Part, SplitPlan, load_part};
+use crate::error::Error;
+use crate::report::{self, MachineInfo, MethodResult};
+use calseg_io::{Case, Dataset, read_labels};
+use calseg_metrics::{MetricConfig, Region, ReliabilityBin, ScoreSpec, Scorer};
 use calseg_seg::calibrate::{FitConfig, TemperatureFit};
-use calseg_seg::infer::{InferOptions, InferSpec, predict_logits, softmax_classes};
-use calseg_seg::loss::LossConfig;
-use calseg_seg::model::{InputSpec, SegModel};
+use calseg_seg::infer::{InferOptions, InferSpec, predict_logits};
+use calseg_seg::model::SegModel;
 use calseg_seg::net::UNetConfig;
-use calseg_seg::train::{Layout, SetOptions, TargetSource, TrainSet, Trainer, TrainerConfig};
-use calseg_vls::smooth::{SmoothConfig, smooth_case};
-use calseg_vls::{VlsError, VlsModel, mix};
-use candle_core::Device;
+use calseg_seg::recipe::{FittedNet, NetRecipe};
+use calseg_seg::score::{EvalCase, score_case};
+use calseg_seg::train::{Layout, TargetSource, TrainerConfig};
+use calseg_vls::mix;
+use calseg_vls::pipeline::{Calseg, CalsegConfig, CalsegRun};
 use ndarray::{ArrayD, Axis, Ix2};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Instant;
 
-/// What can stop an experiment.
-#[derive(Debug, thiserror::Error)]
-pub enum ExperimentError {
-    /// The data or the configuration is wrong (exit status 2 in the CLI).
-    #[error("{0}")]
-    Input(String),
-    /// A stage failed.
-    #[error("{0}")]
-    Run(String),
-}
-
-impl From<SplitError> for ExperimentError {
-    fn from(e: SplitError) -> Self {
-        ExperimentError::Input(e.to_string())
-    }
-}
-impl From<IoError> for ExperimentError {
-    fn from(e: IoError) -> Self {
-        ExperimentError::Input(e.to_string())
-    }
-}
-impl From<SegError> for ExperimentError {
-    fn from(e: SegError) -> Self {
-        match e {
-            SegError::Config(_) | SegError::Shape(_) => ExperimentError::Input(e.to_string()),
-            _ => ExperimentError::Run(e.to_string()),
-        }
-    }
-}
-impl From<VlsError> for ExperimentError {
-    fn from(e: VlsError) -> Self {
-        match e {
-            VlsError::Config(_) => ExperimentError::Input(e.to_string()),
-            _ => ExperimentError::Run(e.to_string()),
-        }
-    }
-}
-impl From<MetricsError> for ExperimentError {
-    /// Output and rendering failures are run errors; everything else (a mask or label
-    /// map of the wrong shape, a label out of range, …) is wrong input (exit status 2).
-    fn from(e: MetricsError) -> Self {
-        match e {
-            MetricsError::Output { .. } | MetricsError::Render(_) => {
-                ExperimentError::Run(format!("metrics: {e}"))
-            }
-            _ => ExperimentError::Input(format!("metrics: {e}")),
-        }
-    }
-}
-impl From<ReportError> for ExperimentError {
-    fn from(e: ReportError) -> Self {
-        ExperimentError::Run(format!("report: {e}"))
-    }
-}
-impl From<candle_core::Error> for ExperimentError {
-    fn from(e: candle_core::Error) -> Self {
-        ExperimentError::Run(format!("candle: {e}"))
-    }
-}
-
-fn run_err(what: &str, e: impl std::fmt::Display) -> ExperimentError {
-    ExperimentError::Run(format!("{what}: {e}"))
-}
-
-/// How far below the best validation Dice a CALSeg setting may fall and still be chosen.
-const DICE_TOLERANCE: f64 = 0.02;
+/// What can stop an experiment: the facade's [`Error`], whose
+/// [`is_bad_input`](Error::is_bad_input) decides the CLI's exit status.
+pub type ExperimentError = Error;
 
 /// Result alias of the runner.
-pub type Result<T> = std::result::Result<T, ExperimentError>;
+pub type Result<T> = std::result::Result<T, Error>;
 
 /// Where the evaluation region masks come from.
 #[derive(Clone, Debug, Default)]
@@ -139,7 +72,7 @@ impl Masks {
             None => full,
             Some(s) => {
                 if s.axis >= full.ndim() || s.range.end > full.shape()[s.axis] {
-                    return Err(ExperimentError::Input(format!(
+                    return Err(Error::Input(format!(
                         "evaluation mask of shape {:?} does not cover slab {:?} of case {}",
                         full.shape(),
                         s,
@@ -210,8 +143,36 @@ struct Parts {
     train: Vec<Case>,
     val: Vec<Case>,
     test: Vec<Case>,
+    /// Evaluation masks of the validation and test parts (checked against their grids).
+    val_masks: Vec<Option<ArrayD<bool>>>,
+    test_masks: Vec<Option<ArrayD<bool>>>,
     classes: usize,
     in_channels: usize,
+}
+
+impl Parts {
+    fn eval_cases<'a>(cases: &'a [Case], masks: &'a [Option<ArrayD<bool>>]) -> Vec<EvalCase<'a>> {
+        cases
+            .iter()
+            .zip(masks)
+            .map(|(c, m)| EvalCase {
+                case: c,
+                mask: m.as_ref().map(|m| m.view()),
+            })
+            .collect()
+    }
+    fn val_cases(&self) -> Vec<EvalCase<'_>> {
+        Self::eval_cases(&self.val, &self.val_masks)
+    }
+    fn test_cases(&self) -> Vec<EvalCase<'_>> {
+        Self::eval_cases(&self.test, &self.test_masks)
+    }
+    fn masked(&self) -> bool {
+        self.val_masks
+            .iter()
+            .chain(&self.test_masks)
+            .any(Option::is_some)
+    }
 }
 
 /// Per-seed evaluation of one method, plus what the figures need.
@@ -231,7 +192,7 @@ impl<'a> Experiment<'a> {
         masks: Masks,
         progress: &'a dyn Progress,
     ) -> Result<Self> {
-        cfg.validate().map_err(ExperimentError::Input)?;
+        cfg.validate().map_err(Error::Input)?;
         Ok(Self {
             ds,
             cfg,
@@ -258,9 +219,8 @@ impl<'a> Experiment<'a> {
     /// Runs every stage not yet done and writes the report.
     pub fn run(&self) -> Result<Outcome> {
         let parts = self.load_parts()?;
-        self.check_masks(&parts)?;
         std::fs::create_dir_all(&self.out)
-            .map_err(|e| run_err(&format!("creating {}", self.out.display()), e))?;
+            .map_err(|e| Error::os(format!("creating {}", self.out.display()), e))?;
         self.write_json(
             &self.out.join("split.json"),
             &serde_json::to_value(&parts.plan).unwrap_or(Value::Null),
@@ -338,12 +298,16 @@ impl<'a> Experiment<'a> {
     }
 
     fn write_json(&self, path: &Path, v: &Value) -> Result<()> {
-        let mut text = serde_json::to_string_pretty(v).map_err(|e| run_err("json", e))?;
+        let mut text =
+            serde_json::to_string_pretty(v).map_err(|e| Error::Failed(format!("json: {e}")))?;
         text.push('\n');
         calseg_io::atomic::write_atomic(path, text.as_bytes())?;
         Ok(())
     }
 
+    /// Loads the parts of the split and their evaluation masks; every mask must lie on
+    /// its part's grid (checked before any training: a wrong mask is bad input, exit
+    /// status 2, not a failure an hour later).
     fn load_parts(&self) -> Result<Parts> {
         let plan = SplitPlan::plan(self.ds, &self.cfg.split)?;
         let load = |ps: &[Part]| -> Result<Vec<Case>> {
@@ -352,16 +316,34 @@ impl<'a> Experiment<'a> {
         let (train, val, test) = (load(&plan.train)?, load(&plan.val)?, load(&plan.test)?);
         for c in train.iter().chain(&val).chain(&test) {
             if c.label.is_none() {
-                return Err(ExperimentError::Input(format!(
-                    "case {}: no label map",
-                    c.id
-                )));
+                return Err(Error::Input(format!("case {}: no label map", c.id)));
             }
         }
+        let masks = |cases: &[Case], parts: &[Part]| -> Result<Vec<Option<ArrayD<bool>>>> {
+            cases
+                .iter()
+                .zip(parts)
+                .map(|(c, part)| {
+                    let m = self.masks.for_part(part)?;
+                    if let (Some(m), Some(l)) = (&m, &c.label) {
+                        if m.shape() != l.shape() {
+                            return Err(Error::Input(format!(
+                                "evaluation mask of shape {:?} does not match case {} of shape {:?}",
+                                m.shape(),
+                                c.id,
+                                l.shape()
+                            )));
+                        }
+                    }
+                    Ok(m)
+                })
+                .collect()
+        };
+        let (val_masks, test_masks) = (masks(&val, &plan.val)?, masks(&test, &plan.test)?);
         let classes = self.ds.info().num_classes();
         let in_channels = train.first().map(|c| c.image.shape()[0]).unwrap_or(1);
         if classes < 2 {
-            return Err(ExperimentError::Input(format!(
+            return Err(Error::Input(format!(
                 "dataset.json declares {classes} classes; at least 2 are needed"
             )));
         }
@@ -370,6 +352,8 @@ impl<'a> Experiment<'a> {
             train,
             val,
             test,
+            val_masks,
+            test_masks,
             classes,
             in_channels,
         })
@@ -399,82 +383,60 @@ impl<'a> Experiment<'a> {
         }
     }
 
-    fn set(
-        &self,
-        cases: &[Case],
-        p: &Parts,
-        targets: TargetSource,
-        multiple: usize,
-    ) -> Result<TrainSet> {
-        Ok(TrainSet::build(
-            cases,
-            &SetOptions {
-                classes: p.classes,
-                targets,
-                layout: self.layout(),
-                multiple,
-            },
-        )?)
-    }
-
-    fn trainer(&self, base: &TrainerConfig, seed: u64) -> Trainer {
-        Trainer::new(TrainerConfig {
-            seed,
-            resume: true,
+    fn budget(&self, base: &TrainerConfig) -> TrainerConfig {
+        TrainerConfig {
             quiet: self.quiet || base.quiet,
             ..base.clone()
-        })
+        }
     }
 
-    /// Trains (or loads) the segmentation net `name` with `method`'s loss on `targets`.
-    fn seg_net(
-        &self,
-        p: &Parts,
-        name: &str,
-        method_name: &str,
-        targets: TargetSource,
-        seed: u64,
-        dir: &Path,
-    ) -> Result<(SegModel, f64)> {
+    /// The recipe of every segmentation net: the same net, budget and layout for all
+    /// methods, the method's own loss.
+    fn recipe(&self, p: &Parts, method: MethodId) -> NetRecipe {
+        NetRecipe {
+            net: self.unet(p),
+            train: self.budget(&self.cfg.train),
+            loss: self.cfg.loss.loss(method),
+            layout: self.layout(),
+            ..NetRecipe::default()
+        }
+    }
+
+    /// CALSeg's configuration for this data.
+    fn calseg_config(&self, p: &Parts) -> CalsegConfig {
+        let c = &self.cfg.calseg;
+        CalsegConfig {
+            smoother: self.cfg.vls.clone(),
+            smoother_train: self.budget(&self.cfg.vls_train),
+            samples: c.samples,
+            from: c.from,
+            alpha: c.alpha.clone(),
+            tau: c.tau.clone(),
+            net: self.recipe(p, MethodId::Calseg),
+            dice_tolerance: c.dice_tolerance,
+            bins: self.cfg.eval.bins,
+        }
+    }
+
+    /// Trains (or loads) the baseline net of `method`.
+    fn seg_net(&self, p: &Parts, method: MethodId, seed: u64, dir: &Path) -> Result<FittedNet> {
+        let name = method.name();
         let mdir = dir.join("models").join(name);
-        let timing = mdir.join("timing.json");
-        if mdir.join(calseg_seg::model::MODEL_JSON).exists() && timing.exists() {
+        if let Some(done) = NetRecipe::load_finished(&mdir)? {
             self.progress
                 .stage(&format!("seed {seed}: {name}: trained already, loading"));
-            let secs = std::fs::read_to_string(&timing)
-                .ok()
-                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-                .and_then(|v| v["train_seconds"].as_f64())
-                .unwrap_or(f64::NAN);
-            return Ok((SegModel::load(&mdir)?, secs));
+            return Ok(done);
         }
         self.progress
             .stage(&format!("seed {seed}: training {name}"));
-        let method = self
-            .cfg
-            .loss
-            .method(method_name)
-            .ok_or_else(|| ExperimentError::Input(format!("unknown method {method_name}")))?;
-        let loss = LossConfig {
-            method,
-            dice_weight: self.cfg.loss.dice_weight,
-        }
-        .build()?;
-        let ucfg = self.unet(p);
-        let multiple = ucfg.size_multiple();
-        let train = self.set(&p.train, p, targets, multiple)?;
-        let val = self.set(&p.val, p, TargetSource::OneHot, multiple)?;
-        let model = SegModel::new(&ucfg, seed, &Device::Cpu)?
-            .with_loss(Arc::from(loss))
-            .with_method(json!({"name": name, "loss": serde_json::to_value(method).unwrap_or(Value::Null), "dice_weight": self.cfg.loss.dice_weight}))
-            .with_input(InputSpec { axis: (self.cfg.dims == 2).then_some(self.cfg.split.axis), patch: self.cfg.patch.clone(), train_size: train.batch_shape() });
-        let t0 = Instant::now();
-        self.trainer(&self.cfg.train, seed)
-            .fit(&model, &train, Some(&val), Some(&mdir))?;
-        let secs = t0.elapsed().as_secs_f64();
-        model.save(&mdir)?;
-        self.write_json(&timing, &json!({"train_seconds": secs}))?;
-        Ok((model, secs))
+        Ok(self.recipe(p, method).fit(
+            name,
+            &p.train,
+            TargetSource::OneHot,
+            &p.val,
+            seed,
+            Some(&mdir),
+        )?)
     }
 
     /// One seed: every method trained, tuned on validation, scored on the test parts.
@@ -482,29 +444,29 @@ impl<'a> Experiment<'a> {
         let mut scored = Vec::new();
         let mut quality = Value::Null;
         let mut tuned = serde_json::Map::new();
-        for name in self.cfg.reported_methods() {
-            let s = match name.as_str() {
-                "ce+ts" => {
-                    let (model, secs) =
-                        self.seg_net(p, "ce", "ce", TargetSource::OneHot, seed, dir)?;
-                    let t = self.fit_temperature(&model, p, dir)?;
+        for reported in self.cfg.reported_methods() {
+            let name = reported.name();
+            let s = match reported {
+                Reported::CeTs => {
+                    let net = self.seg_net(p, MethodId::Ce, seed, dir)?;
+                    let t = self.fit_temperature(&net.model, p, dir)?;
                     tuned.insert("ce+ts.temperature".into(), json!(t));
-                    let mut r = self.score(&name, &model, Some(t), p, secs)?;
+                    let mut r = self.score(name, &net.model, Some(t), p, net.seconds)?;
                     r.result.extra.insert("temperature".into(), t);
                     r
                 }
-                "calseg" => {
-                    let (model, secs, q, info) = self.calseg(p, seed, dir)?;
-                    quality = q;
-                    tuned.insert("calseg".into(), info);
-                    self.score(&name, &model, None, p, secs)?
+                Reported::Method(MethodId::Calseg) => {
+                    let run = self.calseg(p, seed, dir)?;
+                    quality = self.soft_label_quality(p, &run)?;
+                    tuned.insert("calseg".into(), self.calseg_info(p, &run)?);
+                    self.score(name, &run.net.model, None, p, run.train_seconds())?
                 }
-                m => {
-                    let (model, secs) = self.seg_net(p, m, m, TargetSource::OneHot, seed, dir)?;
-                    self.score(&name, &model, None, p, secs)?
+                Reported::Method(m) => {
+                    let net = self.seg_net(p, m, seed, dir)?;
+                    self.score(name, &net.model, None, p, net.seconds)?
                 }
             };
-            scored.push((name, s));
+            scored.push((name.to_string(), s));
         }
         let results: Vec<&MethodResult> = scored.iter().map(|(_, s)| &s.result).collect();
         self.write_json(
@@ -533,185 +495,79 @@ impl<'a> Experiment<'a> {
             let labels = c
                 .label
                 .as_ref()
-                .ok_or_else(|| ExperimentError::Input(format!("case {}: no labels", c.id)))?;
+                .ok_or_else(|| Error::Input(format!("case {}: no labels", c.id)))?;
             fit.update(logits.view(), labels.view())?;
         }
         let r = fit.fit()?;
         let t = r.temperature.0;
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| run_err("creating the ce+ts folder", e))?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::os(format!("creating {}", parent.display()), e))?;
         }
         self.write_json(&path, &json!({"temperature": t, "objective": "validation NLL", "nll_at_one": r.nll_at_one, "nll": r.nll, "ece_at_one": r.ece_at_one, "ece": r.ece}))?;
         Ok(t)
     }
 
-    /// The VLS stage, the soft labels, the (α, τ) choice on validation, the CALSeg net.
-    fn calseg(&self, p: &Parts, seed: u64, dir: &Path) -> Result<(SegModel, f64, Value, Value)> {
+    /// CALSeg through its library pipeline, stage by stage (for the progress lines),
+    /// stored in the seed's folder (`vls/`, `softlabels/`, `models/calseg*`).
+    fn calseg(&self, p: &Parts, seed: u64, dir: &Path) -> Result<CalsegRun> {
+        let method = Calseg::new(self.calseg_config(p))?;
+        let val = p.val_cases();
         let vdir = dir.join("vls");
-        let vcfg = calseg_vls::VlsConfig {
-            dims: self.cfg.dims,
-            in_channels: p.in_channels,
-            classes: p.classes,
-            ..self.cfg.vls.clone()
-        };
-        // The folder is a `calseg vls smooth --model` folder (VlsModel::save_dir, whose
-        // vls.json is written last and marks the stage done), plus train_info.json.
-        let info_path = vdir.join("train_info.json");
-        let t0 = Instant::now();
-        let (vmodel, vls_secs) = if vdir.join(calseg_vls::CONFIG_FILE).exists() {
-            self.progress
-                .stage(&format!("seed {seed}: smoother trained already, loading"));
-            let secs = std::fs::read_to_string(&info_path)
-                .ok()
-                .and_then(|s| serde_json::from_str::<Value>(&s).ok())
-                .and_then(|v| v["train_seconds"].as_f64())
-                .unwrap_or(f64::NAN);
-            (VlsModel::load_dir(&vdir, &Device::Cpu)?, secs)
-        } else {
-            self.progress.stage(&format!(
-                "seed {seed}: training the variational label smoother"
-            ));
-            let vm = VlsModel::new(&vcfg, seed, &Device::Cpu)?;
-            let train = self.set(&p.train, p, TargetSource::OneHot, vcfg.multiple())?;
-            let val = self.set(&p.val, p, TargetSource::OneHot, vcfg.multiple())?;
-            let rep = self.trainer(&self.cfg.vls_train, seed).fit(
-                &vm,
-                &train,
-                Some(&val),
-                Some(&vdir),
-            )?;
-            let secs = t0.elapsed().as_secs_f64();
-            let last = rep
-                .epochs
-                .last()
-                .map(|e| serde_json::to_value(&e.logs).unwrap_or(Value::Null))
-                .unwrap_or(Value::Null);
-            self.write_json(
-                &info_path,
-                &json!({"train_seconds": secs, "last_epoch_logs": last}),
-            )?;
-            vm.save_dir(&vdir)?;
-            (vm, secs)
-        };
-        // y_s once per training part (τ = 1, α = 1 leaves y_s itself).
+        self.progress
+            .stage(&if vdir.join(calseg_vls::CONFIG_FILE).exists() {
+                format!("seed {seed}: smoother trained already, loading")
+            } else {
+                format!("seed {seed}: training the variational label smoother")
+            });
+        let smoother = method.train_smoother(&p.train, &val, seed, Some(&vdir))?;
         self.progress.stage(&format!(
-            "seed {seed}: soft labels (m = {})",
+            "seed {seed}: soft labels (m = {}); one net per (alpha, tau)",
             self.cfg.calseg.samples
         ));
-        let sc = SmoothConfig {
-            samples: self.cfg.calseg.samples,
-            tau: 1.0,
-            alpha: 1.0,
-            from: self.cfg.calseg.from,
-            seed,
-            ..SmoothConfig::default()
-        };
-        let mut ys = Vec::new();
+        Ok(method.run_from_smoother(smoother, &p.train, &val, seed, Some(dir))?)
+    }
+
+    /// The `tuned_on_validation.calseg` record: the choice, the sweep, the smoothing
+    /// statistics restated for the chosen mix.
+    fn calseg_info(&self, p: &Parts, run: &CalsegRun) -> Result<Value> {
+        let (alpha, tau) = (run.choice.alpha, run.choice.tau);
         let mut stats = Vec::new();
-        for c in &p.train {
-            let s = smooth_case(&vmodel, c, &sc)?;
-            stats.push(serde_json::to_value(&s.stats).unwrap_or(Value::Null));
-            ys.push(s.y_s);
-        }
-        // One net per (α, τ); the lowest validation ECE wins.
-        let combos: Vec<(f64, f64)> = self
-            .cfg
-            .calseg
-            .alpha
-            .iter()
-            .flat_map(|&a| self.cfg.calseg.tau.iter().map(move |&t| (a, t)))
-            .collect();
-        // (α, τ, model, seconds, validation ECE, NLL, mean foreground Dice)
-        let mut tried: Vec<(f64, f64, SegModel, f64, f64, f64, f64)> = Vec::new();
-        let mut sweep = Vec::new();
-        for &(alpha, tau) in &combos {
-            let tag = format!("a{alpha}_t{tau}");
-            let sdir = dir.join("softlabels").join(&tag);
-            std::fs::create_dir_all(&sdir)
-                .map_err(|e| run_err(&format!("creating {}", sdir.display()), e))?;
-            for (c, y) in p.train.iter().zip(&ys) {
-                let path = sdir.join(format!("{}.safetensors", c.id));
-                if !path.exists() {
-                    let labels = c.label.as_ref().ok_or_else(|| {
-                        ExperimentError::Input(format!("case {}: no labels", c.id))
-                    })?;
-                    let soft = mix::mix(&labels.view(), &mix::temperature(y, tau)?, alpha)?;
-                    write_safetensors(&path, &[NamedTensor::new("soft_labels", &soft)])?;
-                }
-            }
-            let name = if combos.len() == 1 {
-                "calseg".to_string()
-            } else {
-                format!("calseg_{tag}")
-            };
-            let (model, secs) =
-                self.seg_net(p, &name, "soft", TargetSource::Dir(sdir), seed, dir)?;
-            let (ece, nll, dice) = if combos.len() > 1 {
-                self.val_scores(&model, p)?
-            } else {
-                (f64::NAN, f64::NAN, f64::NAN)
-            };
-            sweep.push(json!({"alpha": alpha, "tau": tau, "val_ece": ece, "val_nll": nll, "val_dice_mean_fg": dice}));
-            tried.push((alpha, tau, model, secs, ece, nll, dice));
-        }
-        // The lowest validation ECE (ties: NLL) among the settings whose validation Dice
-        // is within DICE_TOLERANCE of the best one: calibration must not be bought with a
-        // lost class (α = 1 trains on y_s alone, which can drop a thin class such as CSF).
-        let best_dice = tried
-            .iter()
-            .map(|t| t.6)
-            .filter(|d| d.is_finite())
-            .fold(f64::NEG_INFINITY, f64::max);
-        let mut best: Option<(f64, f64, SegModel, f64, f64, f64, f64)> = None;
-        for t in tried {
-            if best_dice.is_finite() && t.6.is_finite() && t.6 < best_dice - DICE_TOLERANCE {
-                continue;
-            }
-            let better = match &best {
-                None => true,
-                Some(b) => t.4 < b.4 || (t.4 == b.4 && t.5 < b.5),
-            };
-            if better {
-                best = Some(t);
-            }
-        }
-        let Some((alpha, tau, model, secs, _, _, _)) = best else {
-            return Err(ExperimentError::Input(
-                "calseg: no (alpha, tau) to try".into(),
-            ));
-        };
-        let quality = self.soft_label_quality(p, &ys, alpha, tau)?;
         // The smoothing ran with α = 1, τ = 1 (y_s itself): restate flips and entropy for
         // the chosen mix; the sample variance does not depend on α and τ.
-        for ((st, c), y) in stats.iter_mut().zip(&p.train).zip(&ys) {
-            if let (Some(labels), Value::Object(o)) = (&c.label, st) {
-                let soft = mix::mix(&labels.view(), &mix::temperature(y, tau)?, alpha)?;
+        for (s, case) in run.soft_labels.iter().zip(&p.train) {
+            let mut st = serde_json::to_value(&s.stats).unwrap_or(Value::Null);
+            if let (Some(labels), Value::Object(o)) = (&case.label, &mut st) {
+                let y_tau = mix::temperature(&s.y_s, tau)?;
+                let soft = mix::mix(&labels.view(), &y_tau, alpha)?;
                 o.insert(
                     "flipped_fraction".into(),
                     json!(mix::label_disagreement(&soft, &labels.view())?),
                 );
                 o.insert("mean_entropy".into(), json!(mix::mean_entropy(&soft)?));
-                o.insert(
-                    "mean_entropy_ys".into(),
-                    json!(mix::mean_entropy(&mix::temperature(y, tau)?)?),
-                );
+                o.insert("mean_entropy_ys".into(), json!(mix::mean_entropy(&y_tau)?));
             }
+            stats.push(st);
         }
-        let info = json!({"alpha": alpha, "tau": tau, "samples": self.cfg.calseg.samples, "from": serde_json::to_value(self.cfg.calseg.from).unwrap_or(Value::Null), "chosen_by": if combos.len() > 1 { "lowest validation ECE among settings within 0.02 of the best validation Dice" } else { "configuration (single value)" }, "sweep": sweep, "smoother_seconds": vls_secs, "smoothing": stats});
-        Ok((model, secs + vls_secs, quality, info))
+        let sweep: Vec<Value> = run
+            .sweep
+            .iter()
+            .map(|pt| {
+                let v = |f: fn(&calseg_vls::ValScores) -> f64| pt.val.as_ref().map_or(f64::NAN, f);
+                json!({"alpha": pt.alpha, "tau": pt.tau, "val_ece": v(|s| s.ece), "val_nll": v(|s| s.nll), "val_dice_mean_fg": v(|s| s.dice_mean_fg)})
+            })
+            .collect();
+        Ok(
+            json!({"alpha": alpha, "tau": tau, "samples": self.cfg.calseg.samples, "from": serde_json::to_value(self.cfg.calseg.from).unwrap_or(Value::Null), "chosen_by": run.choice.chosen_by, "sweep": sweep, "smoother_seconds": run.smoother.seconds, "smoothing": stats}),
+        )
     }
 
     /// Mean total-variation distance to the true probabilities (`softlabelsTr`), inside
-    /// the evaluation mask, of hard labels, LS, SVLS, VLS `y_s` and the mix `Y_s`.
-    fn soft_label_quality(
-        &self,
-        p: &Parts,
-        ys: &[ArrayD<f32>],
-        alpha: f64,
-        tau: f64,
-    ) -> Result<Value> {
+    /// the evaluation mask, of hard labels, LS, SVLS, VLS `y_s` and the chosen mix `Y_s`.
+    fn soft_label_quality(&self, p: &Parts, run: &CalsegRun) -> Result<Value> {
+        let (alpha, tau) = (run.choice.alpha, run.choice.tau);
         let mut rows: BTreeMap<String, (f64, usize)> = BTreeMap::new();
-        for ((c, y), part) in p.train.iter().zip(ys).zip(&p.plan.train) {
+        for ((c, s), part) in p.train.iter().zip(&run.soft_labels).zip(&p.plan.train) {
             let (Some(truth), Some(labels)) = (&c.soft_label, &c.label) else {
                 continue;
             };
@@ -732,9 +588,9 @@ impl<'a> Experiment<'a> {
             }
             add(
                 "VLS y_s",
-                calseg_vls::quality::tv_distance(y, truth, mask.as_ref())?,
+                calseg_vls::quality::tv_distance(&s.y_s, truth, mask.as_ref())?,
             );
-            let soft = mix::mix(&labels.view(), &mix::temperature(y, tau)?, alpha)?;
+            let soft = mix::mix(&labels.view(), &mix::temperature(&s.y_s, tau)?, alpha)?;
             add(
                 &format!("VLS Y_s (α={alpha}, τ={tau})"),
                 calseg_vls::quality::tv_distance(&soft, truth, mask.as_ref())?,
@@ -749,57 +605,16 @@ impl<'a> Experiment<'a> {
         }))
     }
 
-    /// Every evaluation mask must lie on its part's grid; checked before any training
-    /// (a wrong mask is bad input, exit status 2, not a failure an hour later).
-    fn check_masks(&self, p: &Parts) -> Result<()> {
-        for (cases, plan) in [(&p.val, &p.plan.val), (&p.test, &p.plan.test)] {
-            for (c, part) in cases.iter().zip(plan) {
-                if let (Some(m), Some(l)) = (self.masks.for_part(part)?, c.label.as_ref()) {
-                    if m.shape() != l.shape() {
-                        return Err(ExperimentError::Input(format!(
-                            "evaluation mask of shape {:?} does not match case {} of shape {:?}",
-                            m.shape(),
-                            c.id,
-                            l.shape()
-                        )));
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Validation ECE, NLL and mean foreground Dice of `model`, scored like the test
-    /// part (whole cases or slabs, inside the evaluation mask when there is one), so the
-    /// CALSeg sweep selects on the same region the report scores.
-    fn val_scores(&self, model: &SegModel, p: &Parts) -> Result<(f64, f64, f64)> {
-        let spec = InferSpec::of(model);
-        let opts = InferOptions::default();
-        let mut ev: Option<Evaluator> = None;
-        for (c, part) in p.val.iter().zip(&p.plan.val) {
-            let labels = c
-                .label
-                .as_ref()
-                .ok_or_else(|| ExperimentError::Input(format!("case {}: no labels", c.id)))?;
-            let logits = predict_logits(model, &spec, c.image.clone(), &opts)?;
-            let probs = softmax_classes(logits, model.temperature())?;
-            let mask = self.masks.for_part(part)?;
-            let e = ev.get_or_insert(Evaluator::new(self.metric_config(mask.is_some()))?);
-            let input = calseg_metrics::Input::new(probs.view(), labels.view())?;
-            match &mask {
-                Some(m) => e.update_input(&input.with_mask(m.view())?)?,
-                None => e.update_input(&input)?,
-            }
-        }
-        let r = ev
-            .ok_or_else(|| ExperimentError::Input("no validation data".into()))?
-            .finish()?;
-        Ok((r.ece, r.nll, r.dice_mean_fg))
-    }
-
-    fn metric_config(&self, masked: bool) -> MetricConfig {
+    /// The scoring spec of the test (and validation) parts: the configured bins, inside
+    /// the evaluation masks when there are any, HD95 when asked.
+    fn score_spec(&self, p: &Parts) -> ScoreSpec {
         let c = MetricConfig::default().bins(self.cfg.eval.bins);
-        if masked { c.region(Region::Mask) } else { c }
+        let c = if p.masked() {
+            c.region(Region::Mask)
+        } else {
+            c
+        };
+        ScoreSpec::new(c).hd95(self.cfg.eval.hd95)
     }
 
     /// Predicts every test part and scores it.
@@ -813,43 +628,10 @@ impl<'a> Experiment<'a> {
     ) -> Result<Scored> {
         self.progress
             .stage(&format!("scoring {name} on the test part"));
-        let mut all: Option<Evaluator> = None;
-        let mut fg = Evaluator::new(report::foreground_config(&self.metric_config(false)))?;
-        let mut hd = Vec::new();
+        let mut scorer = Scorer::new(self.score_spec(p))?;
         let mut panel = None;
-        let opts = InferOptions {
-            temperature,
-            ..InferOptions::default()
-        };
-        let spec = InferSpec::of(model);
-        for (i, (c, part)) in p.test.iter().zip(&p.plan.test).enumerate() {
-            let labels = c
-                .label
-                .as_ref()
-                .ok_or_else(|| ExperimentError::Input(format!("case {}: no labels", c.id)))?;
-            let logits = predict_logits(model, &spec, c.image.clone(), &opts)?;
-            let probs = softmax_classes(logits, temperature.unwrap_or(model.temperature()))?;
-            let mask = self.masks.for_part(part)?;
-            let ev = all.get_or_insert(Evaluator::new(self.metric_config(mask.is_some()))?);
-            let input = calseg_metrics::Input::new(probs.view(), labels.view())?;
-            match &mask {
-                Some(m) => ev.update_input(&input.with_mask(m.view())?)?,
-                None => ev.update_input(&input)?,
-            }
-            fg.update(probs.view(), labels.view())?;
-            if self.cfg.eval.hd95 {
-                let pred = calseg_vls::mix::argmax(&probs)?;
-                let h = hd95_per_class(pred.view(), labels.view(), p.classes, &c.geometry.spacing)?;
-                let fgv: Vec<f64> = h
-                    .iter()
-                    .skip(1)
-                    .copied()
-                    .filter(|v| v.is_finite())
-                    .collect();
-                if !fgv.is_empty() {
-                    hd.push(fgv.iter().sum::<f64>() / fgv.len() as f64);
-                }
-            }
+        for (i, c) in p.test_cases().iter().enumerate() {
+            let (_, probs) = score_case(model, c, &mut scorer, temperature)?;
             if i == 0 {
                 panel = Some(panel_slice(
                     &probs.map_axis(Axis(0), |v| v.iter().cloned().fold(0.0f32, f32::max)),
@@ -858,13 +640,16 @@ impl<'a> Experiment<'a> {
                 ));
             }
         }
-        let all = all.ok_or_else(|| ExperimentError::Input("no test data".into()))?;
-        let ra = all.finish()?;
-        let rf = fg.finish()?;
-        let hd95 = (!hd.is_empty()).then(|| hd.iter().sum::<f64>() / hd.len() as f64);
+        let s = scorer.finish()?;
         Ok(Scored {
-            result: MethodResult::from_reports(name, &ra, &rf, hd95, secs)?,
-            reliability: ra.reliability.clone(),
+            result: MethodResult::from_reports(
+                name,
+                &s.region,
+                &s.foreground,
+                s.hd95_mean_fg,
+                secs,
+            )?,
+            reliability: s.region.reliability.clone(),
             panel,
         })
     }

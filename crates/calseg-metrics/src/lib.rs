@@ -98,6 +98,7 @@ pub mod overlap;
 pub mod plot;
 pub mod reliability;
 pub mod scores;
+pub mod scoring;
 #[cfg(target_arch = "x86_64")]
 mod simd;
 
@@ -112,3 +113,6 @@ pub use input::{Input, Label, MaskValue, Probability};
 pub use overlap::{Overlap, OverlapReport, dice_from_counts, iou_from_counts, nanmean};
 pub use reliability::ReliabilityBin;
 pub use scores::{ProperScores, Scores};
+pub use scoring::{
+    CaseScore, HEADLINE_METRICS, ScoreSpec, ScoreSummary, Scorer, argmax, foreground_mean,
+};

@@ -68,6 +68,8 @@ pub mod model;
 pub mod net;
 pub mod ops;
 pub mod optim;
+pub mod recipe;
+pub mod score;
 pub mod train;
 
 pub use error::{Result, SegError};

@@ -189,7 +189,7 @@ fn svls_smoothing_3d_centre_voxel() -> R {
 #[test]
 fn mbls_penalty_zero_below_margin_and_hand_value() -> R {
     let mb = Mbls::default();
-    assert_eq!((mb.margin, mb.lambda), (10.0, 0.1));
+    assert_eq!((mb.margin, mb.lambda), (5.0, 0.1));
     // 2 voxels of a (1, 3, 1, 2) image, all gaps ≤ 2 < 10: MbLS = CE.
     let l = t64(&[1.0, 0.0, 0.0, 2.0, -1.0, 0.5], &[1, 3, 1, 2]);
     let y = one_hot(&[0, 1], 1, 3, &[1, 2]);
@@ -408,7 +408,7 @@ fn methods_parse_validate_and_serialise() -> R {
     assert_eq!(
         "mbls".parse::<Method>()?,
         Method::Mbls {
-            margin: 10.0,
+            margin: 5.0,
             lambda: 0.1
         }
     );

@@ -78,11 +78,15 @@ pub mod error;
 pub mod loss;
 pub mod mix;
 pub mod model;
+pub mod pipeline;
 pub mod quality;
 pub mod smooth;
 
 pub use error::{Result, VlsError};
 pub use model::{
     ACTIVE_KL, CONFIG_FILE, LatentMode, Posterior, VlsConfig, VlsModel, VlsOutput, WEIGHTS_FILE,
+};
+pub use pipeline::{
+    Calseg, CalsegConfig, CalsegRun, MixChoice, Sweep, SweepPoint, TrainedSmoother, ValScores,
 };
 pub use smooth::{LatentSource, SmoothConfig, SmoothStats, SoftLabels};

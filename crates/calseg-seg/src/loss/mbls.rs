@@ -12,15 +12,15 @@ use serde::{Deserialize, Serialize};
 ///
 /// where `i` runs over all voxels of the batch and `k` over the K classes (the mean is
 /// over all `N·K` entries of logits `(n, K, *spatial)`, `N = n · voxels`), and CE is the
-/// soft CE against the given target (one-hot for hard labels). Defaults: m = 10, λ = 0.1
-/// (the paper's classification setting; for segmentation the authors use m = 5).
+/// soft CE against the given target (one-hot for hard labels). Defaults: m = 5, λ = 0.1,
+/// the authors' segmentation setting (m = 10 is their classification setting).
 ///
 /// ```
 /// use calseg_seg::loss::{Mbls, SegLoss, soft_ce};
 /// use candle_core::{Device, Tensor};
 /// # fn main() -> candle_core::Result<()> {
-/// // Logit gaps 12 > m = 10: penalty 2 on one of 2 entries → λ · 1 = 0.1 above CE.
-/// let l = Tensor::new(&[12.0f64, 0.0], &Device::Cpu)?.reshape((1, 2, 1))?;
+/// // Logit gap 7 > m = 5: penalty 2 on one of 2 entries → λ · 1 = 0.1 above CE.
+/// let l = Tensor::new(&[7.0f64, 0.0], &Device::Cpu)?.reshape((1, 2, 1))?;
 /// let t = Tensor::new(&[1.0f64, 0.0], &Device::Cpu)?.reshape((1, 2, 1))?;
 /// let ce = soft_ce(&l, &t)?.to_scalar::<f64>()?;
 /// let mbls = Mbls::default().forward(&l, &t)?.to_scalar::<f64>()?;
@@ -38,7 +38,7 @@ pub struct Mbls {
 impl Default for Mbls {
     fn default() -> Self {
         Mbls {
-            margin: 10.0,
+            margin: 5.0,
             lambda: 0.1,
         }
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 ///
 /// Serialised internally tagged by `name`, e.g. `{"name": "ls", "eps": 0.1}`. Parsing a
 /// bare name (`"ls".parse()`) gives the defaults of [ANCHORS](crate::loss): ε = 0.1,
-/// γ = 3, SVLS kernel 3 / σ = 1, MbLS m = 10 / λ = 0.1, NACL kernel 3 / α = 0.1 / L1 / mean.
+/// γ = 3, SVLS kernel 3 / σ = 1, MbLS m = 5 / λ = 0.1 (segmentation), NACL kernel 3 / α = 0.1 / L1 / mean.
 ///
 /// ```
 /// use calseg_seg::loss::{LossConfig, Method};

@@ -1,0 +1,694 @@
+//! CALSeg end to end, as one library call — and each stage on its own.
+//!
+//! ```text
+//! train cases ──► train_smoother ──► soft_labels (y_s, m samples) ──► sweep over (α, τ):
+//!                 (VlsModel)          per training case                 Y_s = (1−α)·y + α·y_s^τ
+//!                                                                       one net per setting,
+//!                                                                       scored on validation
+//!                                                 ◄── the chosen (α, τ) and its net ──┘
+//! ```
+//!
+//! [`Calseg::run`] does everything; a user who already has a smoother starts at
+//! [`Calseg::run_from_smoother`], one who has `y_s` at [`Calseg::run_from_soft_labels`],
+//! and [`Calseg::train_smoother`], [`Calseg::soft_labels`], [`Calseg::targets`] and
+//! [`Calseg::sweep`] are the stages themselves.
+//!
+//! **The choice of (α, τ)** uses validation data only: among the settings whose mean
+//! foreground validation Dice is within [`CalsegConfig::dice_tolerance`] of the best,
+//! the lowest validation ECE wins (ties: lower NLL). The Dice guard is what keeps a thin
+//! class: a large α trains on `y_s` alone, which can drop CSF. With a single setting no
+//! validation net is scored and that setting is taken as given.
+//!
+//! With a folder (`dir`), every stage stores its output there and is skipped on a re-run
+//! once that output exists (interrupted trainings resume from their checkpoints):
+//!
+//! ```text
+//! dir/vls/                      the smoother (a `calseg vls smooth --model` folder) + train_info.json
+//! dir/softlabels/a{α}_t{τ}/     Y_s per training case (CASE.safetensors, tensor soft_labels)
+//! dir/models/calseg[_a{α}_t{τ}] the segmentation net of each setting (model.json, timing.json)
+//! ```
+//!
+//! ```no_run
+//! use calseg_vls::pipeline::{Calseg, CalsegConfig};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let case = calseg_io::icbm152::open()?.load("icbm152")?;
+//! let run = Calseg::new(CalsegConfig::for_classes(4, 1))?.run(&[case], &[], 0, None)?;
+//! println!("α = {}, τ = {}", run.choice.alpha, run.choice.tau);
+//! # Ok(()) }
+//! ```
+
+use crate::error::{Result, VlsError};
+use crate::mix;
+use crate::model::{CONFIG_FILE, VlsConfig, VlsModel};
+use crate::smooth::{LatentSource, SmoothConfig, SoftLabels, smooth_case};
+use calseg_io::{Case, NamedTensor, write_safetensors};
+use calseg_metrics::{MetricConfig, Region, ScoreSpec};
+use calseg_seg::SegError;
+use calseg_seg::loss::{LossConfig, Method};
+use calseg_seg::net::{NormKind, UNetConfig};
+use calseg_seg::recipe::{FittedNet, NetRecipe};
+use calseg_seg::score::{EvalCase, score_model};
+use calseg_seg::train::{Schedule, TargetSource, TrainReport, TrainSet, Trainer, TrainerConfig};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The file beside the smoother's weights that records its training time and last logs.
+pub const SMOOTHER_INFO_FILE: &str = "train_info.json";
+
+/// Everything CALSeg needs. [`Default`] is the validated setting (module docs of
+/// [`crate::smooth`] and the calseg-vls README): a 2D smoother and nets of base 16,
+/// depth 3, 40 epochs each, m = 16 posterior samples, (α, τ) = (0.25, 2).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CalsegConfig {
+    /// The variational label smoother. `dims`, `in_channels` and `classes` are taken
+    /// from [`net`](Self::net) when the pipeline runs.
+    pub smoother: VlsConfig,
+    /// Training of the smoother (its seed is the run's).
+    pub smoother_train: TrainerConfig,
+    /// Latent samples m averaged into `y_s`.
+    pub samples: usize,
+    /// Posterior (the paper) or prior samples.
+    pub from: LatentSource,
+    /// Mixing weights α of `Y_s = (1−α)·y + α·y_s^τ` to try.
+    pub alpha: Vec<f64>,
+    /// Temperatures τ of `y_s^τ = softmax(log(y_s)/τ)` to try.
+    pub tau: Vec<f64>,
+    /// The segmentation net, its training and its layout (slices / patches); its loss
+    /// method is replaced by soft-target CE on `Y_s` (the Dice weight is kept).
+    pub net: NetRecipe,
+    /// How far below the best validation Dice a setting may fall and still be chosen.
+    pub dice_tolerance: f64,
+    /// Equal-width bins of the validation ECE.
+    pub bins: usize,
+}
+
+/// The training budget every CALSeg stage uses by default: 40 epochs of 8 samples,
+/// AdamW 2·10⁻³ with weight decay 10⁻⁴, cosine schedule after 20 warm-up steps, flips,
+/// a checkpoint every 10 epochs.
+pub fn default_budget() -> TrainerConfig {
+    TrainerConfig {
+        epochs: 40,
+        batch_size: 8,
+        lr: 2e-3,
+        weight_decay: 1e-4,
+        schedule: Schedule::Cosine { warmup: 20 },
+        flips: true,
+        validate_every: 0,
+        checkpoint_every: 10,
+        ..TrainerConfig::default()
+    }
+}
+
+impl Default for CalsegConfig {
+    fn default() -> Self {
+        let smooth = SmoothConfig::default();
+        CalsegConfig {
+            smoother: VlsConfig {
+                base: 16,
+                depth: 3,
+                enc_base: 16,
+                enc_levels: 4,
+                ..VlsConfig::default()
+            },
+            smoother_train: default_budget(),
+            samples: smooth.samples,
+            from: smooth.from,
+            alpha: vec![smooth.alpha],
+            tau: vec![smooth.tau],
+            net: NetRecipe {
+                net: UNetConfig {
+                    base: 16,
+                    depth: 3,
+                    norm: NormKind::Group(8),
+                    ..UNetConfig::default()
+                },
+                train: default_budget(),
+                loss: LossConfig {
+                    method: Method::Soft,
+                    dice_weight: 0.0,
+                },
+                ..NetRecipe::default()
+            },
+            dice_tolerance: 0.02,
+            bins: calseg_metrics::edges::DEFAULT_BINS,
+        }
+    }
+}
+
+impl CalsegConfig {
+    /// The default configuration for data with `classes` classes (background included)
+    /// and `in_channels` image channels.
+    pub fn for_classes(classes: usize, in_channels: usize) -> Self {
+        let mut c = CalsegConfig::default();
+        c.net.net.classes = classes;
+        c.net.net.in_channels = in_channels;
+        c
+    }
+
+    /// The same configuration on `device` (smoother and nets).
+    pub fn on(mut self, device: &candle_core::Device) -> Self {
+        self.net = self.net.on(device);
+        self
+    }
+
+    /// Every (α, τ) of the sweep, α-major.
+    pub fn settings(&self) -> Vec<(f64, f64)> {
+        self.alpha
+            .iter()
+            .flat_map(|&a| self.tau.iter().map(move |&t| (a, t)))
+            .collect()
+    }
+
+    /// The smoother's configuration for this data: `dims`, `in_channels` and `classes`
+    /// of the segmentation net.
+    pub fn smoother_config(&self) -> VlsConfig {
+        VlsConfig {
+            dims: self.net.net.dims,
+            in_channels: self.net.net.in_channels,
+            classes: self.net.net.classes,
+            ..self.smoother.clone()
+        }
+    }
+
+    /// The smoothing of `y_s` itself (τ = 1, α = 1), seeded.
+    pub fn smooth_config(&self, seed: u64) -> SmoothConfig {
+        SmoothConfig {
+            samples: self.samples,
+            tau: 1.0,
+            alpha: 1.0,
+            from: self.from,
+            seed,
+            ..SmoothConfig::default()
+        }
+    }
+
+    /// Checks every value before any work.
+    ///
+    /// # Errors
+    /// [`VlsError::Config`] naming the first bad value.
+    pub fn validate(&self) -> Result<()> {
+        self.smoother_config().validate()?;
+        self.smooth_config(0).validate()?;
+        self.net.validate()?;
+        if self.alpha.is_empty() || self.alpha.iter().any(|a| !(0.0..=1.0).contains(a)) {
+            return Err(VlsError::Config(format!(
+                "alpha must be a non-empty list in [0, 1], got {:?}",
+                self.alpha
+            )));
+        }
+        if self.tau.is_empty() || self.tau.iter().any(|t| !(t.is_finite() && *t > 0.0)) {
+            return Err(VlsError::Config(format!(
+                "tau must be a non-empty list of numbers > 0, got {:?}",
+                self.tau
+            )));
+        }
+        if !(self.dice_tolerance.is_finite() && self.dice_tolerance >= 0.0) {
+            return Err(VlsError::Config(format!(
+                "dice_tolerance must be finite and ≥ 0, got {}",
+                self.dice_tolerance
+            )));
+        }
+        if self.bins == 0 || self.smoother_train.batch_size == 0 {
+            return Err(VlsError::Config(
+                "bins and smoother_train.batch_size must be ≥ 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A trained smoother.
+#[derive(Debug)]
+pub struct TrainedSmoother {
+    /// The model.
+    pub model: VlsModel,
+    /// Wall-clock seconds of its training (as recorded, when loaded from a folder).
+    pub seconds: f64,
+    /// The trainer's report (`None` when loaded).
+    pub report: Option<TrainReport>,
+}
+
+/// Validation scores of one net of the sweep.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ValScores {
+    /// Top-label ECE over the validation region.
+    pub ece: f64,
+    /// NLL over the validation region.
+    pub nll: f64,
+    /// Mean foreground Dice over the validation cases.
+    pub dice_mean_fg: f64,
+}
+
+/// One (α, τ) of the sweep.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SweepPoint {
+    /// Mixing weight α.
+    pub alpha: f64,
+    /// Temperature τ.
+    pub tau: f64,
+    /// Its validation scores (`None` for a sweep of one setting: nothing to choose).
+    pub val: Option<ValScores>,
+    /// Training seconds of its net.
+    pub train_seconds: f64,
+}
+
+/// The chosen setting and why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MixChoice {
+    /// Mixing weight α.
+    pub alpha: f64,
+    /// Temperature τ.
+    pub tau: f64,
+    /// The rule that chose it, in words.
+    pub chosen_by: String,
+}
+
+/// What [`Calseg::sweep`] returns.
+#[derive(Debug, Clone)]
+pub struct Sweep {
+    /// Every setting tried, in the order of [`CalsegConfig::settings`].
+    pub points: Vec<SweepPoint>,
+    /// The chosen setting.
+    pub choice: MixChoice,
+    /// The net trained on the chosen `Y_s`.
+    pub net: FittedNet,
+}
+
+/// What [`Calseg::run`] returns.
+#[derive(Debug)]
+pub struct CalsegRun {
+    /// The variational label smoother.
+    pub smoother: TrainedSmoother,
+    /// `y_s` (and statistics) of every training case, in order.
+    pub soft_labels: Vec<SoftLabels>,
+    /// Every (α, τ) tried.
+    pub sweep: Vec<SweepPoint>,
+    /// The chosen (α, τ).
+    pub choice: MixChoice,
+    /// The calibrated segmentation net (trained on the chosen `Y_s`).
+    pub net: FittedNet,
+}
+
+impl CalsegRun {
+    /// Seconds of the whole method: the smoother plus the chosen net.
+    pub fn train_seconds(&self) -> f64 {
+        self.smoother.seconds + self.net.seconds
+    }
+}
+
+/// CALSeg, configured (see the module docs).
+#[derive(Debug, Clone)]
+pub struct Calseg {
+    cfg: CalsegConfig,
+}
+
+impl Calseg {
+    /// The method with `cfg`, validated.
+    ///
+    /// # Errors
+    /// As [`CalsegConfig::validate`].
+    pub fn new(cfg: CalsegConfig) -> Result<Self> {
+        cfg.validate()?;
+        Ok(Calseg { cfg })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &CalsegConfig {
+        &self.cfg
+    }
+
+    /// Every stage: smoother, `y_s`, (α, τ) sweep on `val`, final net.
+    ///
+    /// # Errors
+    /// Bad input ([`VlsError::Config`], [`VlsError::Shape`]) before the work it would
+    /// spoil; training and I/O errors as they come.
+    pub fn run(
+        &self,
+        train: &[Case],
+        val: &[EvalCase<'_>],
+        seed: u64,
+        dir: Option<&Path>,
+    ) -> Result<CalsegRun> {
+        let smoother =
+            self.train_smoother(train, val, seed, dir.map(|d| d.join("vls")).as_deref())?;
+        self.run_from_smoother(smoother, train, val, seed, dir)
+    }
+
+    /// From a trained smoother on: `y_s`, sweep, final net.
+    ///
+    /// # Errors
+    /// As [`run`](Self::run).
+    pub fn run_from_smoother(
+        &self,
+        smoother: TrainedSmoother,
+        train: &[Case],
+        val: &[EvalCase<'_>],
+        seed: u64,
+        dir: Option<&Path>,
+    ) -> Result<CalsegRun> {
+        let soft_labels = self.soft_labels(&smoother.model, train, seed)?;
+        let y_s: Vec<_> = soft_labels.iter().map(|s| s.y_s.clone()).collect();
+        let sweep = self.run_from_soft_labels(train, &y_s, val, seed, dir)?;
+        Ok(CalsegRun {
+            smoother,
+            soft_labels,
+            sweep: sweep.points,
+            choice: sweep.choice,
+            net: sweep.net,
+        })
+    }
+
+    /// From `y_s` of every training case (`(K, *spatial)`, in order) on: the sweep and
+    /// the final net. The same as [`sweep`](Self::sweep).
+    ///
+    /// # Errors
+    /// As [`run`](Self::run).
+    pub fn run_from_soft_labels(
+        &self,
+        train: &[Case],
+        y_s: &[ndarray::ArrayD<f32>],
+        val: &[EvalCase<'_>],
+        seed: u64,
+        dir: Option<&Path>,
+    ) -> Result<Sweep> {
+        self.sweep(train, y_s, val, seed, dir)
+    }
+
+    /// Trains the smoother on `train` (validation loss on `val`), or loads it from `dir`
+    /// when a finished one is there (its `vls.json` is written last).
+    ///
+    /// # Errors
+    /// As [`run`](Self::run).
+    pub fn train_smoother(
+        &self,
+        train: &[Case],
+        val: &[EvalCase<'_>],
+        seed: u64,
+        dir: Option<&Path>,
+    ) -> Result<TrainedSmoother> {
+        let device = &self.cfg.net.device;
+        if let Some(d) = dir.filter(|d| d.join(CONFIG_FILE).exists()) {
+            let seconds = std::fs::read_to_string(d.join(SMOOTHER_INFO_FILE))
+                .ok()
+                .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+                .and_then(|v| v["train_seconds"].as_f64())
+                .unwrap_or(f64::NAN);
+            return Ok(TrainedSmoother {
+                model: VlsModel::load_dir(d, device)?,
+                seconds,
+                report: None,
+            });
+        }
+        let vcfg = self.cfg.smoother_config();
+        let model = VlsModel::new(&vcfg, seed, device)?;
+        let opts = |targets| calseg_seg::train::SetOptions {
+            multiple: vcfg.multiple(),
+            ..self.cfg.net.set_options(targets)
+        };
+        let train_set = TrainSet::build(train, &opts(TargetSource::OneHot))?;
+        let val_cases: Vec<Case> = val.iter().map(|v| v.case.clone()).collect();
+        let val_set = if val_cases.is_empty() {
+            None
+        } else {
+            Some(TrainSet::build(&val_cases, &opts(TargetSource::OneHot))?)
+        };
+        let t0 = Instant::now();
+        let report = Trainer::new(TrainerConfig {
+            seed,
+            resume: dir.is_some() || self.cfg.smoother_train.resume,
+            ..self.cfg.smoother_train.clone()
+        })
+        .fit(&model, &train_set, val_set.as_ref(), dir)?;
+        let seconds = t0.elapsed().as_secs_f64();
+        if let Some(d) = dir {
+            let last = report
+                .epochs
+                .last()
+                .map(|e| serde_json::to_value(&e.logs).unwrap_or(serde_json::Value::Null))
+                .unwrap_or(serde_json::Value::Null);
+            let info = serde_json::json!({"train_seconds": seconds, "last_epoch_logs": last});
+            let mut text = serde_json::to_string_pretty(&info).map_err(|e| {
+                VlsError::Config(format!("cannot serialise the smoother info: {e}"))
+            })?;
+            text.push('\n');
+            calseg_io::atomic::write_atomic(&d.join(SMOOTHER_INFO_FILE), text.as_bytes())?;
+            model.save_dir(d)?;
+        }
+        Ok(TrainedSmoother {
+            model,
+            seconds,
+            report: Some(report),
+        })
+    }
+
+    /// `y_s` of every training case (m samples, τ = 1, α = 1), seeded by `seed` and the
+    /// case id.
+    ///
+    /// # Errors
+    /// A case without labels, or one that does not fit the smoother.
+    pub fn soft_labels(
+        &self,
+        smoother: &VlsModel,
+        train: &[Case],
+        seed: u64,
+    ) -> Result<Vec<SoftLabels>> {
+        let sc = self.cfg.smooth_config(seed);
+        train
+            .iter()
+            .map(|c| smooth_case(smoother, c, &sc))
+            .collect()
+    }
+
+    /// The training cases with their soft labels set to
+    /// `Y_s = (1−α)·y + α·y_s^τ` (the targets of [`TargetSource::CaseSoft`]).
+    ///
+    /// # Errors
+    /// A case without labels, or `y_s` of the wrong shape.
+    pub fn targets(
+        &self,
+        train: &[Case],
+        y_s: &[ndarray::ArrayD<f32>],
+        alpha: f64,
+        tau: f64,
+    ) -> Result<Vec<Case>> {
+        check_pairs(train, y_s)?;
+        train
+            .iter()
+            .zip(y_s)
+            .map(|(c, y)| {
+                let mut out = c.clone();
+                out.soft_label = Some(mixed(c, y, alpha, tau)?);
+                Ok(out)
+            })
+            .collect()
+    }
+
+    /// One net per (α, τ) on `Y_s`, scored on `val`, and the choice (module docs).
+    ///
+    /// # Errors
+    /// As [`run`](Self::run); [`VlsError::Config`] for a sweep of several settings
+    /// without validation cases.
+    pub fn sweep(
+        &self,
+        train: &[Case],
+        y_s: &[ndarray::ArrayD<f32>],
+        val: &[EvalCase<'_>],
+        seed: u64,
+        dir: Option<&Path>,
+    ) -> Result<Sweep> {
+        check_pairs(train, y_s)?;
+        let settings = self.cfg.settings();
+        let several = settings.len() > 1;
+        if several && val.is_empty() {
+            return Err(VlsError::Config(format!(
+                "choosing among {} (alpha, tau) settings needs validation cases",
+                settings.len()
+            )));
+        }
+        let recipe = NetRecipe {
+            loss: LossConfig {
+                method: Method::Soft,
+                ..self.cfg.net.loss
+            },
+            ..self.cfg.net.clone()
+        };
+        let val_cases: Vec<Case> = val.iter().map(|v| v.case.clone()).collect();
+        let mut tried: Vec<(SweepPoint, FittedNet)> = Vec::new();
+        for (alpha, tau) in settings {
+            let tag = format!("a{alpha}_t{tau}");
+            let name = if several {
+                format!("calseg_{tag}")
+            } else {
+                "calseg".to_string()
+            };
+            let net = match dir {
+                Some(d) => {
+                    let sdir = d.join("softlabels").join(&tag);
+                    write_targets(&sdir, train, y_s, alpha, tau)?;
+                    let mdir = d.join("models").join(&name);
+                    recipe.fit(
+                        &name,
+                        train,
+                        TargetSource::Dir(sdir),
+                        &val_cases,
+                        seed,
+                        Some(&mdir),
+                    )?
+                }
+                None => {
+                    let soft = self.targets(train, y_s, alpha, tau)?;
+                    recipe.fit(&name, &soft, TargetSource::CaseSoft, &val_cases, seed, None)?
+                }
+            };
+            let val_scores = if several {
+                Some(self.val_scores(&net, val)?)
+            } else {
+                None
+            };
+            let point = SweepPoint {
+                alpha,
+                tau,
+                val: val_scores,
+                train_seconds: net.seconds,
+            };
+            tried.push((point, net));
+        }
+        let points: Vec<SweepPoint> = tried.iter().map(|(p, _)| p.clone()).collect();
+        let best = choose(&points, self.cfg.dice_tolerance)
+            .ok_or_else(|| VlsError::Config("calseg: no (alpha, tau) to try".into()))?;
+        let (point, net) = tried.swap_remove(best);
+        let chosen_by = if several {
+            format!(
+                "lowest validation ECE among settings within {} of the best validation Dice",
+                self.cfg.dice_tolerance
+            )
+        } else {
+            "configuration (single value)".to_string()
+        };
+        Ok(Sweep {
+            points,
+            choice: MixChoice {
+                alpha: point.alpha,
+                tau: point.tau,
+                chosen_by,
+            },
+            net,
+        })
+    }
+
+    /// Validation ECE, NLL and mean foreground Dice of a net, scored like a test part
+    /// (inside the cases' masks when they have them).
+    fn val_scores(&self, net: &FittedNet, val: &[EvalCase<'_>]) -> Result<ValScores> {
+        let masked = val.iter().any(|v| v.mask.is_some());
+        let metrics = MetricConfig::default().bins(self.cfg.bins);
+        let metrics = if masked {
+            metrics.region(Region::Mask)
+        } else {
+            metrics
+        };
+        let s = score_model(&net.model, val, &ScoreSpec::new(metrics), None)?;
+        Ok(ValScores {
+            ece: s.region.ece,
+            nll: s.region.nll,
+            dice_mean_fg: s.region.dice_mean_fg,
+        })
+    }
+}
+
+/// The index of the chosen point: the lowest validation ECE (ties: NLL) among the
+/// points whose validation Dice is within `tolerance` of the best finite one; points
+/// without validation scores compete as NaN (the first one wins a sweep of one).
+pub fn choose(points: &[SweepPoint], tolerance: f64) -> Option<usize> {
+    let nan = ValScores {
+        ece: f64::NAN,
+        nll: f64::NAN,
+        dice_mean_fg: f64::NAN,
+    };
+    let v = |p: &SweepPoint| p.val.unwrap_or(nan);
+    let best_dice = points
+        .iter()
+        .map(|p| v(p).dice_mean_fg)
+        .filter(|d| d.is_finite())
+        .fold(f64::NEG_INFINITY, f64::max);
+    let mut best: Option<usize> = None;
+    for (i, p) in points.iter().enumerate() {
+        let s = v(p);
+        if best_dice.is_finite()
+            && s.dice_mean_fg.is_finite()
+            && s.dice_mean_fg < best_dice - tolerance
+        {
+            continue;
+        }
+        let better = match best {
+            None => true,
+            Some(b) => {
+                let o = v(&points[b]);
+                s.ece < o.ece || (s.ece == o.ece && s.nll < o.nll)
+            }
+        };
+        if better {
+            best = Some(i);
+        }
+    }
+    best
+}
+
+fn check_pairs(train: &[Case], y_s: &[ndarray::ArrayD<f32>]) -> Result<()> {
+    if train.len() != y_s.len() {
+        return Err(VlsError::Shape(format!(
+            "{} training cases but {} soft-label maps",
+            train.len(),
+            y_s.len()
+        )));
+    }
+    Ok(())
+}
+
+/// `Y_s` of one case.
+fn mixed(
+    case: &Case,
+    y_s: &ndarray::ArrayD<f32>,
+    alpha: f64,
+    tau: f64,
+) -> Result<ndarray::ArrayD<f32>> {
+    let labels = case
+        .label
+        .as_ref()
+        .ok_or_else(|| VlsError::Config(format!("case {}: no labels", case.id)))?;
+    mix::mix(&labels.view(), &mix::temperature(y_s, tau)?, alpha)
+}
+
+/// Writes `Y_s` of every case to `dir/CASE.safetensors` (tensor `soft_labels`), keeping
+/// the files already there.
+fn write_targets(
+    dir: &Path,
+    train: &[Case],
+    y_s: &[ndarray::ArrayD<f32>],
+    alpha: f64,
+    tau: f64,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| {
+        VlsError::Io(calseg_io::IoError::Io {
+            path: dir.to_path_buf(),
+            op: "create",
+            source,
+        })
+    })?;
+    for (c, y) in train.iter().zip(y_s) {
+        let path: PathBuf = dir.join(format!("{}.safetensors", c.id));
+        if !path.exists() {
+            write_safetensors(
+                &path,
+                &[NamedTensor::new("soft_labels", &mixed(c, y, alpha, tau)?)],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+impl From<calseg_metrics::MetricsError> for VlsError {
+    fn from(e: calseg_metrics::MetricsError) -> Self {
+        VlsError::Seg(SegError::Metrics(e))
+    }
+}
