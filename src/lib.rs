@@ -32,8 +32,14 @@
 
 pub use calseg_io as io;
 pub use calseg_metrics as metrics;
+pub use calseg_metrics::{ScoreSpec, ScoreSummary};
 pub use calseg_seg as seg;
+pub use calseg_seg::score::{EvalCase, score_model};
 pub use calseg_vls as vls;
+pub use calseg_vls::pipeline::{Calseg, CalsegConfig, CalsegRun};
+/// The candle device type every model and pipeline takes (`Device::Cpu`, or
+/// `Device::new_cuda(0)` in a CUDA build), re-exported so one dependency is enough.
+pub use candle_core::Device;
 
 pub mod error;
 pub mod experiment;

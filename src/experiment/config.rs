@@ -136,7 +136,7 @@ pub struct ExperimentConfig {
     pub eval: EvalParams,
 }
 
-/// Hyper-parameters of the baseline losses (ANCHORS.md defaults).
+/// Hyper-parameters of the baseline losses (defaults: the losses' own, from their papers).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LossParams {
@@ -161,7 +161,7 @@ pub struct LossParams {
 }
 
 impl Default for LossParams {
-    /// The defaults of the losses themselves (calseg-seg, ANCHORS): one default per
+    /// The defaults of the losses themselves (calseg-seg, from their papers): one default per
     /// hyper-parameter for `calseg train` and `calseg experiment` alike.
     fn default() -> Self {
         use calseg_seg::loss::{Focal, LabelSmoothing, Mbls, Nacl, Svls};

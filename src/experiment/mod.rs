@@ -14,4 +14,4 @@ pub mod split;
 
 pub use config::{CalsegParams, EvalParams, ExperimentConfig, LossParams, MethodId, Reported};
 pub use run::{Experiment, ExperimentError, Masks, NoProgress, Outcome, Progress, StderrProgress};
-pub use split::{Part, Slab, SplitConfig, SplitError, SplitPlan, load_part};
+pub use split::{Part, Slab, Split, SplitConfig, SplitError, SplitPlan, load_part};

@@ -11,7 +11,7 @@
 //! ```
 
 use super::config::{ExperimentConfig, MethodId, Reported};
-use super::split::{Part, SplitPlan, load_part};
+use super::split::{Part, Split, SplitPlan};
 use crate::error::Error;
 use crate::report::{self, MachineInfo, MethodResult};
 use calseg_io::{Case, Dataset, read_labels};
@@ -309,11 +309,12 @@ impl<'a> Experiment<'a> {
     /// its part's grid (checked before any training: a wrong mask is bad input, exit
     /// status 2, not a failure an hour later).
     fn load_parts(&self) -> Result<Parts> {
-        let plan = SplitPlan::plan(self.ds, &self.cfg.split)?;
-        let load = |ps: &[Part]| -> Result<Vec<Case>> {
-            ps.iter().map(|p| Ok(load_part(self.ds, p)?)).collect()
-        };
-        let (train, val, test) = (load(&plan.train)?, load(&plan.val)?, load(&plan.test)?);
+        let Split {
+            plan,
+            train,
+            val,
+            test,
+        } = Split::load(self.ds, &self.cfg.split)?;
         for c in train.iter().chain(&val).chain(&test) {
             if c.label.is_none() {
                 return Err(Error::Input(format!("case {}: no label map", c.id)));

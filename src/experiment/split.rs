@@ -254,3 +254,43 @@ pub fn load_part(ds: &Dataset, part: &Part) -> Result<Case, SplitError> {
     out.id = part.id.clone();
     Ok(out)
 }
+
+/// The cases of a planned split, loaded (slabs cropped).
+///
+/// ```no_run
+/// use calseg::experiment::{Split, SplitConfig};
+/// let brain = calseg::io::icbm152::open()?;
+/// let data = Split::load(&brain, &SplitConfig::default())?; // axial slabs of one volume
+/// assert!(!data.train.is_empty() && !data.val.is_empty() && !data.test.is_empty());
+/// # Ok::<(), calseg::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Split {
+    /// The plan the cases were loaded from.
+    pub plan: SplitPlan,
+    /// Training cases (or slabs).
+    pub train: Vec<Case>,
+    /// Validation cases (tuning only).
+    pub val: Vec<Case>,
+    /// Test cases.
+    pub test: Vec<Case>,
+}
+
+impl Split {
+    /// Plans the split of `ds` and loads every part.
+    ///
+    /// # Errors
+    /// A split that cannot be made, or a case that cannot be read.
+    pub fn load(ds: &Dataset, cfg: &SplitConfig) -> Result<Split, SplitError> {
+        let plan = SplitPlan::plan(ds, cfg)?;
+        let load = |ps: &[Part]| -> Result<Vec<Case>, SplitError> {
+            ps.iter().map(|p| load_part(ds, p)).collect()
+        };
+        Ok(Split {
+            train: load(&plan.train)?,
+            val: load(&plan.val)?,
+            test: load(&plan.test)?,
+            plan,
+        })
+    }
+}

@@ -113,6 +113,13 @@ pub struct ScoreSpec {
     pub with_hd95: bool,
 }
 
+impl Default for ScoreSpec {
+    /// [`MetricConfig::default`] (15 left-closed bins, every voxel, background 0), no HD95.
+    fn default() -> Self {
+        ScoreSpec::new(MetricConfig::default())
+    }
+}
+
 impl ScoreSpec {
     /// A spec with the given metric configuration and no HD95.
     pub fn new(metrics: MetricConfig) -> Self {
@@ -303,5 +310,57 @@ impl Scorer {
             hd95,
             hd95_mean_fg,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::IxDyn;
+
+    fn case(shift: usize) -> (ArrayD<f32>, ArrayD<u32>) {
+        let labels = ArrayD::from_shape_fn(IxDyn(&[6, 6]), |i| ((i[1] + shift) / 2 % 3) as u32);
+        let probs = ArrayD::from_shape_fn(IxDyn(&[3, 6, 6]), |i| {
+            let y = ((i[2] + shift) / 2 % 3) as usize;
+            let pred = if i[1] % 3 == 0 { (y + 1) % 3 } else { y };
+            if i[0] == pred { 0.7 } else { 0.15 }
+        });
+        (probs, labels)
+    }
+
+    /// Scoring two cases in one scorer equals scoring them in two and merging; the
+    /// foreground mean leaves out the configured background class (here 1, not 0).
+    #[test]
+    fn merge_equals_one_pass_and_background_is_respected() {
+        let spec = ScoreSpec::new(MetricConfig::default().background(Some(1))).hd95(true);
+        let (p0, l0) = case(0);
+        let (p1, l1) = case(1);
+        let mut one = Scorer::new(spec.clone()).unwrap();
+        one.update(p0.view(), l0.view(), None, &[1.0, 1.0]).unwrap();
+        one.update(p1.view(), l1.view(), None, &[1.0, 1.0]).unwrap();
+        let (mut a, mut b) = (
+            Scorer::new(spec.clone()).unwrap(),
+            Scorer::new(spec).unwrap(),
+        );
+        a.update(p0.view(), l0.view(), None, &[1.0, 1.0]).unwrap();
+        b.update(p1.view(), l1.view(), None, &[1.0, 1.0]).unwrap();
+        a.merge(&b).unwrap();
+        let (x, y) = (one.finish().unwrap(), a.finish().unwrap());
+        assert_eq!(x.n_cases, 2);
+        assert_eq!(x.region.dice, y.region.dice);
+        assert!((x.region.ece - y.region.ece).abs() < 1e-12);
+        assert!((x.foreground.ece - y.foreground.ece).abs() < 1e-12);
+        assert_eq!(x.hd95, y.hd95);
+        let d = &x.region.dice;
+        assert!((x.region.dice_mean_fg - (d[0] + d[2]) / 2.0).abs() < 1e-12);
+        let h = x.hd95.as_ref().unwrap();
+        assert_eq!(x.hd95_mean_fg, Some((h[0] + h[2]) / 2.0));
+        // A mask under a region that is not `Mask` is refused and nothing is accumulated.
+        let m = ArrayD::from_elem(IxDyn(&[6, 6]), true);
+        assert!(
+            one.update(p0.view(), l0.view(), Some(m.view()), &[1.0, 1.0])
+                .is_err()
+        );
+        assert_eq!(one.finish().unwrap().n_cases, 2);
     }
 }

@@ -42,6 +42,11 @@ impl<'a> EvalCase<'a> {
         EvalCase { case, mask: None }
     }
 
+    /// Every case of `cases`, without masks.
+    pub fn all(cases: &'a [Case]) -> Vec<EvalCase<'a>> {
+        cases.iter().map(EvalCase::new).collect()
+    }
+
     /// With a region mask.
     pub fn with_mask(mut self, mask: ArrayViewD<'a, bool>) -> Self {
         self.mask = Some(mask);

@@ -692,3 +692,42 @@ impl From<calseg_metrics::MetricsError> for VlsError {
         VlsError::Seg(SegError::Metrics(e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{SweepPoint, ValScores, choose};
+
+    fn pt(ece: f64, nll: f64, dice: f64) -> SweepPoint {
+        SweepPoint {
+            alpha: 0.0,
+            tau: 1.0,
+            val: Some(ValScores {
+                ece,
+                nll,
+                dice_mean_fg: dice,
+            }),
+            train_seconds: 0.0,
+        }
+    }
+
+    /// The lowest ECE wins among the settings within the Dice tolerance; a setting that
+    /// lost Dice beyond it is never chosen, however calibrated; ties go to NLL.
+    #[test]
+    fn choice_rule() {
+        let pts = [
+            pt(0.10, 0.5, 0.80),
+            pt(0.02, 0.4, 0.70),
+            pt(0.05, 0.6, 0.79),
+        ];
+        assert_eq!(choose(&pts, 0.02), Some(2));
+        assert_eq!(choose(&pts, 0.2), Some(1));
+        let tie = [pt(0.05, 0.6, 0.8), pt(0.05, 0.5, 0.8)];
+        assert_eq!(choose(&tie, 0.02), Some(1));
+        let single = [SweepPoint {
+            val: None,
+            ..pt(0.0, 0.0, 0.0)
+        }];
+        assert_eq!(choose(&single, 0.02), Some(0));
+        assert_eq!(choose(&[], 0.02), None);
+    }
+}

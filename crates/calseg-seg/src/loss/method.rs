@@ -11,7 +11,7 @@ use std::sync::Arc;
 /// A training method (the loss family and its hyper-parameters).
 ///
 /// Serialised internally tagged by `name`, e.g. `{"name": "ls", "eps": 0.1}`. Parsing a
-/// bare name (`"ls".parse()`) gives the defaults of [ANCHORS](crate::loss): ε = 0.1,
+/// bare name (`"ls".parse()`) gives the defaults of the papers (see [`crate::loss`]): ε = 0.1,
 /// γ = 3, SVLS kernel 3 / σ = 1, MbLS m = 5 / λ = 0.1 (segmentation), NACL kernel 3 / α = 0.1 / L1 / mean.
 ///
 /// ```
