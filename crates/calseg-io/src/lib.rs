@@ -89,6 +89,7 @@ pub mod phantom;
 mod png_io;
 pub mod preprocess;
 mod safetensors_io;
+pub mod shift;
 
 pub use array::{DataType, Element, FloatArray, TypedArray};
 pub use dataset::{Case, CaseRef, Dataset, DatasetInfo, LabelDef, Split};

@@ -262,23 +262,8 @@ pub fn generate(config: &PhantomConfig, seed: u64) -> Result<Phantom> {
             });
     }
 
-    // Bias field: exp(s · Σ_a (α_a u_a + β_a u_a²)), u_a ∈ [-1, 1] across the grid.
-    let coef: Vec<(f64, f64)> = (0..d)
-        .map(|_| (rng.random_range(-1.0..1.0), rng.random_range(-1.0..1.0)))
-        .collect();
-    let strength = f64::from(config.bias_strength);
-    let bias = ArrayD::from_shape_fn(IxDyn(shape), |idx| {
-        let mut e = 0.0;
-        for (a, &(al, be)) in coef.iter().enumerate() {
-            let u = if shape[a] > 1 {
-                2.0 * idx[a] as f64 / (shape[a] - 1) as f64 - 1.0
-            } else {
-                0.0
-            };
-            e += al * u + be * u * u;
-        }
-        (strength * e / d as f64).exp() as f32
-    });
+    // Bias field: exp(s · Σ_a (α_a u_a + β_a u_a²) / d), u_a ∈ [-1, 1] across the grid.
+    let bias = crate::shift::bias_field(shape, f64::from(config.bias_strength), &mut rng);
 
     let mu: Vec<f32> = match &config.intensities {
         Some(m) => m.clone(),

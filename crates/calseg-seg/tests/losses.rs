@@ -199,8 +199,13 @@ fn mbls_penalty_zero_below_margin_and_hand_value() -> R {
         scalar(&soft_ce(&l, &y)?),
         1e-15,
     );
-    // Voxel 0 logits (12, 0, 1): gaps 0, 12, 11 → ReLU(gap − 10) = 0, 2, 1;
+    // m = 10 (classification setting). Voxel 0 logits (12, 0, 1): gaps 0, 12, 11 →
+    // ReLU(gap − 10) = 0, 2, 1;
     // voxel 1 logits (0, 0, 0): 0. Mean over 6 entries = 0.5.
+    let mb = Mbls {
+        margin: 10.0,
+        lambda: 0.1,
+    };
     let l = t64(&[12.0, 0.0, 0.0, 0.0, 1.0, 0.0], &[1, 3, 1, 2]);
     close(scalar(&mb.penalty(&l)?), 0.5, 1e-15);
     let want = scalar(&soft_ce(&l, &y)?) + 0.1 * 0.5;
