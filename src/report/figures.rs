@@ -3,7 +3,7 @@
 
 use super::ReportError;
 use calseg_metrics::ReliabilityBin;
-use calseg_metrics::plot::{PlotOptions, reliability_overlay};
+use calseg_metrics::plot::{Panel, PlotOptions, reliability_overlay};
 use ndarray::ArrayView2;
 use std::path::Path;
 
@@ -40,7 +40,7 @@ pub fn write_reliability_overlay(
 }
 
 /// Writes a PNG panel of one slice atomically, with
-/// [`calseg_metrics::plot::write_panel_png`] (tiles: image, label map, soft label if
+/// [`calseg_metrics::plot::Panel`] (tiles: image, label map, soft label if
 /// given, then each `(title, map)` of `confidences`).
 ///
 /// # Errors
@@ -53,6 +53,11 @@ pub fn write_panel_png(
     soft_label: Option<ArrayView2<'_, f32>>,
     confidences: &[(String, ArrayView2<'_, f32>)],
 ) -> Result<(), ReportError> {
-    calseg_metrics::plot::write_panel_png(path, image_slice, label, soft_label, confidences)?;
-    Ok(())
+    let panel = Panel {
+        image: image_slice,
+        label,
+        soft_label,
+        confidences,
+    };
+    Ok(panel.write_png(path)?)
 }

@@ -13,9 +13,10 @@
 //!   `engine::simd_enabled()` found both features on this CPU at run time. Every other
 //!   function here is an `#[inline(always)]` `unsafe fn` whose contract is "AVX2 and popcnt
 //!   are enabled": it is inlined into `Kernel::run` and called from nowhere else.
-//! * **Memory.** Loads and stores go through [`group`]/[`group_mut`], which return an
-//!   8-element array reference from a bounds-checked slice, so an unaligned 32-byte
-//!   access through its pointer stays inside it.
+//! * **Memory.** Loads and stores go through array references (`&[E; N]`), so an
+//!   unaligned access of the array's size through its pointer stays inside it. Per-chunk
+//!   accesses get them bounds-checked ([`group`]); the hot loop gets them unchecked
+//!   ([`at`]), each use justified by the lengths `Kernel::run` checks once per chunk.
 
 use std::arch::x86_64::*;
 
@@ -51,6 +52,29 @@ fn group<E, const N: usize>(s: &[E], i0: usize) -> &[E; N] {
         Some(g) => g,
         None => panic!("SIMD group at {i0} past the end ({} elements)", s.len()),
     }
+}
+
+/// `s[i0 .. i0 + N]` as an array, without a bounds check (the hot loop's accesses).
+///
+/// # Safety
+/// `i0 + N <= s.len()`.
+#[inline(always)]
+unsafe fn at<E, const N: usize>(s: &[E], i0: usize) -> &[E; N] {
+    debug_assert!(i0 + N <= s.len());
+    // SAFETY: the caller guarantees `i0 + N <= s.len()`, so the `N` elements from `i0`
+    // lie inside `s`; `[E; N]` is laid out as `N` consecutive `E`.
+    unsafe { &*s.as_ptr().add(i0).cast::<[E; N]>() }
+}
+
+/// Mutable [`at`].
+///
+/// # Safety
+/// `i0 + N <= s.len()`.
+#[inline(always)]
+unsafe fn at_mut<E, const N: usize>(s: &mut [E], i0: usize) -> &mut [E; N] {
+    debug_assert!(i0 + N <= s.len());
+    // SAFETY: as in `at`; the borrow of `s` is exclusive.
+    unsafe { &mut *s.as_mut_ptr().add(i0).cast::<[E; N]>() }
 }
 
 /// Mutable [`group`].
@@ -293,11 +317,13 @@ unsafe fn hist8<T: Probability, const MASKED: bool>(
 unsafe fn add_hot<T>(lh: &mut LaneHist<T>, half: usize, x: __m256, count: __m256i) {
     // SAFETY: AVX is enabled (module docs).
     let (lo, hi) = unsafe { widen(x) };
-    // SAFETY: AVX2 is enabled (module docs); `group_mut` bounds-checks every access.
+    debug_assert!(half <= 1);
+    // SAFETY: AVX2 is enabled (module docs); `half` is 0 or 1 (callers pass the two hot
+    // rows), so `8·half + 8 <= 16`, the length of `hot` and `hot_cnt`.
     unsafe {
-        add_to_pd(group_mut(&mut lh.hot, 8 * half), lo);
-        add_to_pd(group_mut(&mut lh.hot, 8 * half + 4), hi);
-        sub_from_epi32(group_mut(&mut lh.hot_cnt, 8 * half), count);
+        add_to_pd(at_mut(&mut lh.hot, 8 * half), lo);
+        add_to_pd(at_mut(&mut lh.hot, 8 * half + 4), hi);
+        sub_from_epi32(at_mut(&mut lh.hot_cnt, 8 * half), count);
     }
 }
 
@@ -350,14 +376,19 @@ unsafe fn scatter_hot_and_pack<T: Probability>(lh: &mut LaneHist<T>, row: __m256
     let len = lh.len;
     // SAFETY: AVX2 is enabled (module docs); `keep < 256` indexes `PACK`.
     let perm = unsafe { load_epi32(&PACK[keep as usize]) };
-    let rows_out = group_mut::<u32, W>(&mut lh.list_row, len).as_mut_ptr();
-    // SAFETY: AVX2 is enabled (module docs); `rows_out` points to 8 u32 of the list
-    // (capacity `len + 8` checked by `group_mut`).
-    unsafe { _mm256_storeu_si256(rows_out.cast(), _mm256_permutevar8x32_epi32(row, perm)) };
+    // The list grows by at most 8 per group and is empty at the start of the chunk, so
+    // `len + 8 <= m8 + 8`, within both lists' length (checked once in `Kernel::run`).
+    // SAFETY: AVX2 is enabled (module docs); `len + 8 <= list_row.len()` (above).
+    unsafe {
+        let rows_out = at_mut::<u32, W>(&mut lh.list_row, len).as_mut_ptr();
+        _mm256_storeu_si256(rows_out.cast(), _mm256_permutevar8x32_epi32(row, perm));
+    }
     if let Some(lx) = T::as_f32_slice_mut(&mut lh.list_x) {
-        let xs_out = group_mut::<f32, W>(lx, len).as_mut_ptr();
-        // SAFETY: as above, for the 8 f32 of the value list.
-        unsafe { _mm256_storeu_ps(xs_out, _mm256_permutevar8x32_ps(x, perm)) };
+        // SAFETY: as above, `len + 8 <= list_x.len()`.
+        unsafe {
+            let xs_out = at_mut::<f32, W>(lx, len).as_mut_ptr();
+            _mm256_storeu_ps(xs_out, _mm256_permutevar8x32_ps(x, perm));
+        }
     }
     lh.len = len + keep.count_ones() as usize;
 }
@@ -566,14 +597,17 @@ impl Scores {
 
 /// All-ones lanes for the voxels of group `i0` inside the region (all lanes unless
 /// `MASKED`).
+///
+/// # Safety
+/// AVX2 is enabled; with `MASKED`, `i0 + 8 <= ins.len()`.
 #[inline(always)]
 unsafe fn inside_mask<const MASKED: bool>(ins: &[u32], i0: usize, all: __m256i) -> __m256i {
     if !MASKED {
         return all;
     }
-    // SAFETY: AVX2 is enabled (module docs); `group` bounds-checks the load.
+    // SAFETY: AVX2 is enabled (module docs); `i0 + 8 <= ins.len()` (caller's contract).
     unsafe {
-        let w = load_epi32(group(ins, i0));
+        let w = load_epi32(at(ins, i0));
         _mm256_xor_si256(_mm256_cmpeq_epi32(w, _mm256_setzero_si256()), all)
     }
 }
@@ -622,9 +656,11 @@ impl<'a, 'b, 's, 't, T: Probability> Kernel<'a, 'b, 's, 't, T> {
         assert!(out.pred.len() >= m8);
         assert!(!TOP || cap_ok(out.top));
         assert!(!CW || (out.class.len() == k && out.class.iter().all(cap_ok)));
-        // Every `unsafe` call below: this function is compiled with AVX2 and popcnt, which
-        // its caller checked at run time (module docs); memory goes through `group`.
-        // SAFETY: see the line above.
+        // Every `unsafe` block below: this function is compiled with AVX2 and popcnt, which
+        // its caller checked at run time (module docs); every group `i0 .. i0 + 8` lies
+        // within `m8 = groups · 8`, the length of `cls`, `ins` (masked), each of `chans`
+        // and at most that of `out.pred` (checked above).
+        // SAFETY: see the comment above.
         let c = unsafe { Consts::new(tab, fz) };
         // SAFETY: see above.
         let mut scores = unsafe { Scores::load(out) };
@@ -634,16 +670,17 @@ impl<'a, 'b, 's, 't, T: Probability> Kernel<'a, 'b, 's, 't, T> {
             // SAFETY: see above.
             let (y, insm) = unsafe {
                 (
-                    load_epi32(group(cls, i0)),
+                    load_epi32(at(cls, i0)),
                     inside_mask::<MASKED>(ins, i0, c.all),
                 )
             };
             // SAFETY: see above.
             let v =
                 unsafe { channels::<T, SC, MASKED, CW>(&c, tab, &chans, i0, y, insm, out.class) };
-            let pred = group_mut::<u32, W>(out.pred, i0).as_mut_ptr();
-            // SAFETY: see above; `pred` points to the 8 u32 of the group.
-            unsafe { _mm256_storeu_si256(pred.cast(), v.pr) };
+            // SAFETY: see above; `i0 + 8 <= m8 <= out.pred.len()`.
+            unsafe {
+                _mm256_storeu_si256(at_mut::<u32, W>(out.pred, i0).as_mut_ptr().cast(), v.pr)
+            };
             if TOP {
                 // SAFETY: see above.
                 unsafe {
@@ -671,6 +708,10 @@ impl<'a, 'b, 's, 't, T: Probability> Kernel<'a, 'b, 's, 't, T> {
 }
 
 /// The channel loop of one group: [`Lanes`], and the class-wise histogram voxels.
+///
+/// # Safety
+/// AVX2 and popcnt are enabled; `i0 + 8 <=` the length of every slice of `chans`; with
+/// `CW`, `class` has one histogram per channel with list capacity for the chunk.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn channels<T: Probability, const SC: bool, const MASKED: bool, const CW: bool>(
@@ -682,8 +723,9 @@ unsafe fn channels<T: Probability, const SC: bool, const MASKED: bool, const CW:
     insm: __m256i,
     class: &mut [LaneHist<T>],
 ) -> Lanes {
-    // SAFETY: AVX2 is enabled (module docs); `group` bounds-checks the load.
-    let p0 = unsafe { load_ps(group(chans[0], i0)) };
+    // SAFETY: AVX2 is enabled (module docs); `i0 + 8 <=` every channel's length (caller's
+    // contract).
+    let p0 = unsafe { load_ps(at(chans[0], i0)) };
     // SAFETY: AVX2 is enabled (module docs).
     let (mut v, e0) = unsafe { Lanes::first::<SC>(p0, y) };
     if CW {
@@ -691,8 +733,8 @@ unsafe fn channels<T: Probability, const SC: bool, const MASKED: bool, const CW:
         unsafe { hist8::<T, MASKED>(&c.tv, tab, p0, e0, insm, &mut class[0]) };
     }
     for (ci, ch) in chans.iter().enumerate().skip(1) {
-        // SAFETY: AVX2 is enabled (module docs); `group` bounds-checks the load.
-        let p = unsafe { load_ps(group(ch, i0)) };
+        // SAFETY: as for `p0`.
+        let p = unsafe { load_ps(at(ch, i0)) };
         // SAFETY: AVX2 is enabled (module docs).
         let ec = unsafe { v.next::<SC>(p, ci, y) };
         if CW {

@@ -84,7 +84,7 @@ pub struct EvalArgs {
     pub probs: Option<PathBuf>,
     /// Ground-truth label map: .npy integer array or .nii/.nii.gz.
     #[arg(
-        long,
+        long = "labels",
         value_name = "Y",
         required_unless_present = "data",
         conflicts_with = "data"

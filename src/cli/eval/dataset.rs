@@ -1,8 +1,8 @@
 //! Dataset mode: `--data DIR --predictions DIR`, every case of a split scored one at a
 //! time, pooled ("micro") and macro-averaged.
 
-use super::output::{macro_json, mean_fg, plot_reliability, to_json};
-use super::{EvalArgs, SplitArg, accumulate, argmax_of, bad, io_bad};
+use super::output::{cell, macro_json, mean_fg, plot_reliability, to_json};
+use super::{EvalArgs, SplitArg, accumulate, argmax_of, bad, io_bad, read_optional_labels};
 use crate::cli::{CliError, CliResult};
 use calseg_io::{CaseRef, Dataset, FloatArray};
 use calseg_metrics::{
@@ -244,12 +244,7 @@ fn score_case(
             labels.shape()
         )));
     }
-    let mask = f
-        .mask
-        .as_ref()
-        .map(calseg_io::read_labels)
-        .transpose()
-        .map_err(io_bad)?;
+    let mask = read_optional_labels(f.mask.as_deref())?;
     let context = || match &f.mask {
         Some(m) => format!("case {id}: {pred_name} (mask {})", m.display()),
         None => format!("case {id}: {pred_name}"),
@@ -300,13 +295,7 @@ fn dataset_table(
     split: SplitArg,
 ) -> String {
     use std::fmt::Write;
-    let f = |x: f64| {
-        if x.is_finite() {
-            format!("{x:.4}")
-        } else {
-            "-".to_owned()
-        }
-    };
+    let f = |x: f64| cell(x, 4);
     let hd = args.hd95;
     let mut s = String::new();
     let _ = writeln!(s, "dataset     {}", data.display());

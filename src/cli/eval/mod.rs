@@ -27,6 +27,7 @@ use super::{CliError, CliResult};
 use calseg_io::{FloatArray, LabelMap};
 use calseg_metrics::{Evaluator, Input, MetricConfig, MetricsError, Probability};
 use ndarray::{ArrayD, ArrayViewD, Axis};
+use std::path::Path;
 
 pub(super) fn bad(msg: String) -> CliError {
     CliError::BadInput(msg)
@@ -34,6 +35,11 @@ pub(super) fn bad(msg: String) -> CliError {
 
 pub(super) fn io_bad(e: calseg_io::IoError) -> CliError {
     CliError::BadInput(e.to_string())
+}
+
+/// The label map at `path`, if a path is given (a mask or a hard prediction).
+fn read_optional_labels(path: Option<&Path>) -> Result<Option<LabelMap>, CliError> {
+    path.map(calseg_io::read_labels).transpose().map_err(io_bad)
 }
 
 /// Runs `calseg eval`: dataset mode when `--data` is given, else single-file mode.

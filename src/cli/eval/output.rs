@@ -119,3 +119,12 @@ pub(super) fn to_json(r: &Report, hd95: Option<&[f64]>) -> Value {
         hd95,
     )
 }
+
+/// A table cell: `x` with `decimals` decimals, `-` when not finite.
+pub(super) fn cell(x: f64, decimals: usize) -> String {
+    if x.is_finite() {
+        format!("{x:.decimals$}")
+    } else {
+        "-".to_owned()
+    }
+}

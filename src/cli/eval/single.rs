@@ -1,7 +1,7 @@
 //! Single-file mode: `--probs P --labels Y` (optionally `--mask`, `--pred`), one report.
 
-use super::output::{plot_reliability, to_json};
-use super::{EvalArgs, accumulate, argmax_of, bad, io_bad};
+use super::output::{cell, plot_reliability, to_json};
+use super::{EvalArgs, accumulate, argmax_of, bad, io_bad, read_optional_labels};
 use crate::cli::CliResult;
 use calseg_io::FloatArray;
 use calseg_metrics::{Report, hd95_per_class};
@@ -16,18 +16,8 @@ pub(super) fn run_single(args: &EvalArgs) -> CliResult {
     };
     let probs = calseg_io::read_probs(probs_path).map_err(io_bad)?;
     let labels = calseg_io::read_labels(labels_path).map_err(io_bad)?;
-    let mask = args
-        .mask
-        .as_ref()
-        .map(calseg_io::read_labels)
-        .transpose()
-        .map_err(io_bad)?;
-    let pred = args
-        .pred
-        .as_ref()
-        .map(calseg_io::read_labels)
-        .transpose()
-        .map_err(io_bad)?;
+    let mask = read_optional_labels(args.mask.as_deref())?;
+    let pred = read_optional_labels(args.pred.as_deref())?;
     let context = || {
         let mut files = format!("{} against {}", probs_path.display(), labels_path.display());
         if let Some(m) = &args.mask {
@@ -101,13 +91,7 @@ fn to_table(
     labels: &Path,
 ) -> String {
     use std::fmt::Write;
-    let f = |x: f64| {
-        if x.is_finite() {
-            format!("{x:.6}")
-        } else {
-            "-".to_owned()
-        }
-    };
+    let f = |x: f64| cell(x, 6);
     let mut s = String::new();
     let _ = writeln!(s, "probs  {}", probs.display());
     let _ = writeln!(s, "labels {}", labels.display());

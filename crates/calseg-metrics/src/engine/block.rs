@@ -9,7 +9,7 @@ use super::fused::{Fused, FusedRun, Sinks, Variant, renorm};
 use super::hard::count_overlap;
 use super::lanes::{LaneHist, W};
 use super::schedule::HasLen;
-use super::transform::{check_classes, first_bad_probability, renormalise, softmax};
+use super::transform::{ChunkAt, check_classes, first_bad_probability, renormalise, softmax};
 use super::{BLOCK, CHUNK, Needs, State};
 use crate::MetricsError;
 use crate::config::{InputMode, Region};
@@ -182,10 +182,16 @@ fn chunk<T: Probability>(
                 None => gather_map(&ctx.views[c], start, dst, |v| v),
             }
         }
+        let at = ChunkAt {
+            k,
+            m,
+            start,
+            spatial: ctx.spatial,
+        };
         match ctx.mode {
             InputMode::Probabilities { .. } => {}
-            InputMode::Renormalise => renormalise(pbuf, k, m, start, ctx.spatial)?,
-            InputMode::Logits => softmax(pbuf, lbuf, k, m, start, ctx.spatial)?,
+            InputMode::Renormalise => renormalise(pbuf, at)?,
+            InputMode::Logits => softmax(pbuf, lbuf, at)?,
         }
     }
     let pb: &[T] = pbuf;

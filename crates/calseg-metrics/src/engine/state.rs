@@ -1,6 +1,8 @@
 //! The accumulated state of an engine: exact integer counts and f64 sums, and how two
 //! states are added (blocks of one input, inputs of one accumulator, merged accumulators).
 
+use std::ops::AddAssign;
+
 use super::Needs;
 
 /// Per-bin sums: slot 0 = "no bin", slots `1..=n` = bins, slot `n+1` = torchmetrics' extra
@@ -21,15 +23,9 @@ impl Hist {
         }
     }
     pub(crate) fn add(&mut self, o: &Hist) {
-        for (a, b) in self.count.iter_mut().zip(&o.count) {
-            *a += b;
-        }
-        for (a, b) in self.hits.iter_mut().zip(&o.hits) {
-            *a += b;
-        }
-        for (a, b) in self.sum.iter_mut().zip(&o.sum) {
-            *a += b;
-        }
+        add_all(&mut self.count, &o.count);
+        add_all(&mut self.hits, &o.hits);
+        add_all(&mut self.sum, &o.sum);
     }
 }
 
@@ -80,16 +76,17 @@ impl State {
         for (a, b) in self.class.iter_mut().zip(&o.class) {
             a.add(b);
         }
-        for (a, b) in self.tp.iter_mut().zip(&o.tp) {
-            *a += b;
-        }
-        for (a, b) in self.pred_count.iter_mut().zip(&o.pred_count) {
-            *a += b;
-        }
-        for (a, b) in self.gt_count.iter_mut().zip(&o.gt_count) {
-            *a += b;
-        }
+        add_all(&mut self.tp, &o.tp);
+        add_all(&mut self.pred_count, &o.pred_count);
+        add_all(&mut self.gt_count, &o.gt_count);
         self.brier += o.brier;
         self.nll += o.nll;
+    }
+}
+
+/// `a[i] += b[i]` for every `i` (the shorter length).
+fn add_all<T: AddAssign + Copy>(a: &mut [T], b: &[T]) {
+    for (x, &y) in a.iter_mut().zip(b) {
+        *x += y;
     }
 }

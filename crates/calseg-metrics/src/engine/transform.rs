@@ -6,6 +6,20 @@ use super::CHUNK;
 use crate::MetricsError;
 use crate::input::{ClassSource, Probability, unravel};
 
+/// Where a chunk lies: `m` voxels of `k` classes from flat index `start` of a volume of
+/// shape `spatial` (for the voxel index in error messages).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ChunkAt<'s> {
+    /// Classes.
+    pub k: usize,
+    /// Voxels in the chunk.
+    pub m: usize,
+    /// Flat index of the chunk's first voxel.
+    pub start: usize,
+    /// Spatial shape of the input.
+    pub spatial: &'s [usize],
+}
+
 /// Validates class indices `< k`; error names the first bad voxel.
 #[inline(always)]
 pub(crate) fn check_classes(
@@ -29,6 +43,20 @@ pub(crate) fn check_classes(
     })
 }
 
+/// `v` if it is finite, else the error naming voxel `index` (flat) and class `class`.
+#[inline(always)]
+fn finite(v: f64, index: usize, class: usize, spatial: &[usize]) -> Result<f64, MetricsError> {
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(MetricsError::NonFinite {
+            index: unravel(index, spatial),
+            class,
+            value: v,
+        })
+    }
+}
+
 /// Locates the first invalid voxel of a chunk (only called when there is one).
 #[cold]
 pub(crate) fn first_bad_probability<'p, T: Probability>(
@@ -43,14 +71,10 @@ pub(crate) fn first_bad_probability<'p, T: Probability>(
         let mut sum = T::ZERO;
         for c in 0..k {
             let v = chan(c)[i];
-            let vf = v.to_f64();
-            if !vf.is_finite() {
-                return MetricsError::NonFinite {
-                    index: unravel(start + i, spatial),
-                    class: c,
-                    value: vf,
-                };
-            }
+            let vf = match finite(v.to_f64(), start + i, c, spatial) {
+                Ok(vf) => vf,
+                Err(e) => return e,
+            };
             if !(0.0..=1.0).contains(&vf) {
                 return MetricsError::ProbabilityOutOfRange {
                     index: unravel(start + i, spatial),
@@ -76,22 +100,18 @@ pub(crate) fn first_bad_probability<'p, T: Probability>(
 #[inline(always)]
 pub(crate) fn renormalise<T: Probability>(
     pbuf: &mut [T],
-    k: usize,
-    m: usize,
-    start: usize,
-    spatial: &[usize],
+    at: ChunkAt<'_>,
 ) -> Result<(), MetricsError> {
+    let ChunkAt {
+        k,
+        m,
+        start,
+        spatial,
+    } = at;
     for i in 0..m {
         let mut s = 0.0f64;
         for c in 0..k {
-            let v = pbuf[c * CHUNK + i].to_f64();
-            if !v.is_finite() {
-                return Err(MetricsError::NonFinite {
-                    index: unravel(start + i, spatial),
-                    class: c,
-                    value: v,
-                });
-            }
+            let v = finite(pbuf[c * CHUNK + i].to_f64(), start + i, c, spatial)?;
             if v < 0.0 {
                 return Err(MetricsError::ProbabilityOutOfRange {
                     index: unravel(start + i, spatial),
@@ -119,22 +139,18 @@ pub(crate) fn renormalise<T: Probability>(
 pub(crate) fn softmax<T: Probability>(
     pbuf: &mut [T],
     lbuf: &mut [f64],
-    k: usize,
-    m: usize,
-    start: usize,
-    spatial: &[usize],
+    at: ChunkAt<'_>,
 ) -> Result<(), MetricsError> {
+    let ChunkAt {
+        k,
+        m,
+        start,
+        spatial,
+    } = at;
     for i in 0..m {
         let mut mx = f64::NEG_INFINITY;
         for c in 0..k {
-            let v = pbuf[c * CHUNK + i].to_f64();
-            if !v.is_finite() {
-                return Err(MetricsError::NonFinite {
-                    index: unravel(start + i, spatial),
-                    class: c,
-                    value: v,
-                });
-            }
+            let v = finite(pbuf[c * CHUNK + i].to_f64(), start + i, c, spatial)?;
             mx = mx.max(v);
         }
         let mut s = 0.0;

@@ -1,8 +1,11 @@
 //! Drawing the reliability diagram (bars, gaps, diagonal, histogram) and the overlay of
 //! several curves, on any plotters backend.
 
+use plotters::chart::MeshStyle;
 use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
+use plotters::style::FontStyle;
 
 use super::render::DrawResult;
 use super::{ACC_EDGE, ACC_FILL, DIAGONAL, GAP_ALPHA, GAP_RED, HIST_FILL, PlotOptions, TABLEAU10};
@@ -17,6 +20,63 @@ pub(crate) fn text_err<E: std::fmt::Display>(e: E) -> String {
     e.to_string()
 }
 
+/// Title and label font sizes, in pixels, for a figure of `opts`' size.
+fn font_sizes(opts: &PlotOptions) -> (u32, u32) {
+    let side = opts.width.min(opts.height);
+    ((side / 26).max(12), (side / 40).max(10))
+}
+
+/// A chart over `[0, 1]²` on `area`, titled `opts.title`, with `x_labels` pixels below it
+/// for the x-axis labels.
+fn unit_chart<'a, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, Shift>,
+    opts: &PlotOptions,
+    x_labels: u32,
+) -> Result<ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>, String> {
+    let (title_size, label_size) = font_sizes(opts);
+    let title = ("sans-serif", title_size)
+        .into_font()
+        .style(FontStyle::Bold);
+    ChartBuilder::on(area)
+        .caption(&opts.title, title)
+        .margin(12)
+        .margin_right(24)
+        .x_label_area_size(x_labels)
+        .y_label_area_size(label_size * 4)
+        .build_cartesian_2d(0f64..1f64, 0f64..1f64)
+        .map_err(text_err)
+}
+
+/// The faint grid and label fonts every chart shares: six x labels, `y_labels` y labels.
+fn grid<'m, 'a, 'b, X: Ranged, Y: Ranged, DB: DrawingBackend>(
+    mesh: &'m mut MeshStyle<'a, 'b, X, Y, DB>,
+    label_size: u32,
+    y_labels: usize,
+) -> &'m mut MeshStyle<'a, 'b, X, Y, DB> {
+    mesh.x_labels(6)
+        .y_labels(y_labels)
+        .light_line_style(WHITE.mix(0.0))
+        .bold_line_style(BLACK.mix(0.08))
+        .label_style(("sans-serif", label_size))
+        .axis_desc_style(("sans-serif", label_size + 2))
+}
+
+/// The legend of `chart`'s series, in its upper-left corner.
+fn draw_legend<'a, DB: DrawingBackend + 'a>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    label_size: u32,
+) -> DrawResult {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .label_font(("sans-serif", label_size))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.3))
+        .draw()
+        .map_err(text_err)
+}
+
+/// The reliability diagram of `bins`, with the histogram below when asked for.
 pub(crate) fn draw_diagram<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     bins: &[ReliabilityBin],
@@ -30,30 +90,11 @@ pub(crate) fn draw_diagram<DB: DrawingBackend>(
     } else {
         (root.clone(), None)
     };
-    let side = opts.width.min(opts.height);
-    let title_size = (side / 26).max(12);
-    let label_size = (side / 40).max(10);
-
-    let mut chart = ChartBuilder::on(&main)
-        .caption(
-            &opts.title,
-            ("sans-serif", title_size)
-                .into_font()
-                .style(FontStyle::Bold),
-        )
-        .margin(12)
-        .margin_right(24)
-        .x_label_area_size(if hist.is_some() { 0 } else { label_size * 3 })
-        .y_label_area_size(label_size * 4)
-        .build_cartesian_2d(0f64..1f64, 0f64..1f64)
-        .map_err(text_err)?;
+    let (_, label_size) = font_sizes(opts);
+    let x_labels = if hist.is_some() { 0 } else { label_size * 3 };
+    let mut chart = unit_chart(&main, opts, x_labels)?;
     let mut mesh = chart.configure_mesh();
-    mesh.x_labels(6)
-        .y_labels(6)
-        .light_line_style(WHITE.mix(0.0))
-        .bold_line_style(BLACK.mix(0.08))
-        .label_style(("sans-serif", label_size))
-        .axis_desc_style(("sans-serif", label_size + 2))
+    grid(&mut mesh, label_size, 6)
         .y_desc("Accuracy")
         .x_label_formatter(&|v| format!("{v:.1}"))
         .y_label_formatter(&|v| format!("{v:.1}"));
@@ -105,14 +146,7 @@ pub(crate) fn draw_diagram<DB: DrawingBackend>(
     });
     chart.draw_series(gap_edges).map_err(text_err)?;
     draw_diagonal(&mut chart)?;
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .label_font(("sans-serif", label_size))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.3))
-        .draw()
-        .map_err(text_err)?;
+    draw_legend(&mut chart, label_size)?;
 
     if let Some(hist) = hist {
         draw_histogram(&hist, bins, label_size)?;
@@ -169,14 +203,7 @@ fn draw_histogram<DB: DrawingBackend>(
         .y_label_area_size(label_size * 4)
         .build_cartesian_2d(0f64..1f64, 0f64..y_top)
         .map_err(text_err)?;
-    chart
-        .configure_mesh()
-        .x_labels(6)
-        .y_labels(3)
-        .light_line_style(WHITE.mix(0.0))
-        .bold_line_style(BLACK.mix(0.08))
-        .label_style(("sans-serif", label_size))
-        .axis_desc_style(("sans-serif", label_size + 2))
+    grid(&mut chart.configure_mesh(), label_size, 3)
         .x_desc("Confidence")
         .y_desc("Fraction")
         .x_label_formatter(&|v| format!("{v:.1}"))
@@ -192,36 +219,16 @@ fn draw_histogram<DB: DrawingBackend>(
     Ok(())
 }
 
+/// Several reliability curves in one chart, with a legend.
 pub(crate) fn draw_overlay<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     series: &[(&str, &[ReliabilityBin])],
     opts: &PlotOptions,
 ) -> DrawResult {
     root.fill(&WHITE).map_err(text_err)?;
-    let side = opts.width.min(opts.height);
-    let title_size = (side / 26).max(12);
-    let label_size = (side / 40).max(10);
-    let mut chart = ChartBuilder::on(root)
-        .caption(
-            &opts.title,
-            ("sans-serif", title_size)
-                .into_font()
-                .style(FontStyle::Bold),
-        )
-        .margin(12)
-        .margin_right(24)
-        .x_label_area_size(label_size * 3)
-        .y_label_area_size(label_size * 4)
-        .build_cartesian_2d(0f64..1f64, 0f64..1f64)
-        .map_err(text_err)?;
-    chart
-        .configure_mesh()
-        .x_labels(6)
-        .y_labels(6)
-        .light_line_style(WHITE.mix(0.0))
-        .bold_line_style(BLACK.mix(0.08))
-        .label_style(("sans-serif", label_size))
-        .axis_desc_style(("sans-serif", label_size + 2))
+    let (_, label_size) = font_sizes(opts);
+    let mut chart = unit_chart(root, opts, label_size * 3)?;
+    grid(&mut chart.configure_mesh(), label_size, 6)
         .x_desc("Confidence")
         .y_desc("Accuracy")
         .x_label_formatter(&|v| format!("{v:.1}"))
@@ -251,13 +258,6 @@ pub(crate) fn draw_overlay<DB: DrawingBackend>(
             .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
             .map_err(text_err)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .label_font(("sans-serif", label_size))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.3))
-        .draw()
-        .map_err(text_err)?;
+    draw_legend(&mut chart, label_size)?;
     Ok(())
 }

@@ -68,17 +68,14 @@ pub mod render;
 #[cfg(test)]
 mod tests;
 
-pub use panel::{
-    LABEL_COLORS, PanelLayout, label_color, panel_layout, render_panel_png, viridis,
-    write_panel_png,
-};
+pub use panel::{LABEL_COLORS, Panel, PanelLayout, label_color, panel_layout, viridis};
 
 use std::path::Path;
 
 use plotters::style::RGBColor;
 
 use crate::{MetricsError, ReliabilityBin};
-use render::{Figure, render, validate_bins, write_atomic};
+use render::{Figure, render, validate_bins, write_figure};
 
 /// Fill of the accuracy bars.
 pub(crate) const ACC_FILL: RGBColor = RGBColor(66, 114, 196);
@@ -185,9 +182,9 @@ pub fn reliability_diagram(
     opts: &PlotOptions,
     path: &Path,
 ) -> Result<(), MetricsError> {
-    let format = PlotFormat::from_path(path)?;
-    let bytes = render_reliability_diagram(bins, opts, format)?;
-    write_atomic(path, &bytes)
+    write_figure(path, |format| {
+        render_reliability_diagram(bins, opts, format)
+    })
 }
 
 /// Draw several reliability curves in one figure to `path` (`.png` or `.svg`): for each
@@ -202,9 +199,9 @@ pub fn reliability_overlay(
     opts: &PlotOptions,
     path: &Path,
 ) -> Result<(), MetricsError> {
-    let format = PlotFormat::from_path(path)?;
-    let bytes = render_reliability_overlay(series, opts, format)?;
-    write_atomic(path, &bytes)
+    write_figure(path, |format| {
+        render_reliability_overlay(series, opts, format)
+    })
 }
 
 /// [`reliability_diagram`] rendered in memory: the PNG file bytes or the SVG text (UTF-8).

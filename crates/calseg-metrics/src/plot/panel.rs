@@ -89,17 +89,15 @@ pub struct PanelLayout {
 
 /// Viridis anchor colours at 0, 1/8, …, 1 (matplotlib's viridis sampled at nine points);
 /// [`viridis`] interpolates linearly between them.
-const VIRIDIS: [[u8; 3]; 9] = [
-    [68, 1, 84],
-    [72, 40, 120],
-    [62, 73, 137],
-    [49, 104, 142],
-    [38, 130, 142],
-    [31, 158, 137],
-    [53, 183, 121],
-    [110, 206, 88],
-    [253, 231, 37],
+const VIRIDIS: [u32; 9] = [
+    0x440154, 0x482878, 0x3E4989, 0x31688E, 0x26828E, 0x1F9E89, 0x35B779, 0x6ECE58, 0xFDE725,
 ];
+
+/// `0xRRGGBB` as `[r, g, b]`.
+const fn rgb(hex: u32) -> [u8; 3] {
+    let [_, r, g, b] = hex.to_be_bytes();
+    [r, g, b]
+}
 
 /// A viridis-like perceptual colour of `v`, clamped to `[0, 1]`; `NaN` is mid grey.
 pub fn viridis(v: f32) -> [u8; 3] {
@@ -109,7 +107,7 @@ pub fn viridis(v: f32) -> [u8; 3] {
     let x = v.clamp(0.0, 1.0) * (VIRIDIS.len() - 1) as f32;
     let i = (x.floor() as usize).min(VIRIDIS.len() - 2);
     let t = x - i as f32;
-    let (a, b) = (VIRIDIS[i], VIRIDIS[i + 1]);
+    let (a, b) = (rgb(VIRIDIS[i]), rgb(VIRIDIS[i + 1]));
     [0, 1, 2].map(|c| (f32::from(a[c]) + t * (f32::from(b[c]) - f32::from(a[c]))).round() as u8)
 }
 
@@ -160,11 +158,52 @@ enum Tile<'a> {
     Continuous(ArrayView2<'a, f32>),
 }
 
-/// [`write_panel_png`] in memory: the PNG file bytes.
-///
-/// # Errors
-/// As [`write_panel_png`], except the I/O ones.
-pub fn render_panel_png(
+/// One slice's panel: titled tiles side by side, left to right — the image in grey
+/// (1st–99th percentile window), the label map (background black, classes in the Tableau 10
+/// palette), the soft label if given, then each `(title, map)` of `confidences` — the last
+/// two in a viridis-like colour map over `[0, 1]` with a colour bar. Row 0 of the arrays
+/// is the top row of the tiles (transpose or flip a slice beforehand for radiological
+/// display). Size: [`panel_layout`].
+#[derive(Debug, Clone, Copy)]
+pub struct Panel<'a> {
+    /// The image slice.
+    pub image: ArrayView2<'a, f32>,
+    /// The label map of the slice.
+    pub label: ArrayView2<'a, u32>,
+    /// A soft label of the slice (values in `[0, 1]`), if any.
+    pub soft_label: Option<ArrayView2<'a, f32>>,
+    /// Further maps in `[0, 1]` (e.g. each method's confidence), with their titles.
+    pub confidences: &'a [(String, ArrayView2<'a, f32>)],
+}
+
+impl Panel<'_> {
+    /// Writes the panel to `path` as a PNG, atomically.
+    ///
+    /// # Errors
+    /// As [`Panel::render_png`], plus [`MetricsError::Output`] when writing fails
+    /// (nothing is left at `path` then).
+    pub fn write_png(&self, path: &Path) -> Result<(), MetricsError> {
+        write_atomic(path, &self.render_png()?)
+    }
+
+    /// The panel as PNG file bytes.
+    ///
+    /// # Errors
+    /// [`MetricsError::Invalid`] when the arrays' shapes differ or the slice is empty or
+    /// too large; [`MetricsError::Render`] when drawing fails.
+    pub fn render_png(&self) -> Result<Vec<u8>, MetricsError> {
+        let Panel {
+            image: image_slice,
+            label,
+            soft_label,
+            confidences,
+        } = *self;
+        render_tiles(image_slice, label, soft_label, confidences)
+    }
+}
+
+/// [`Panel::render_png`] on the panel's parts.
+fn render_tiles(
     image_slice: ArrayView2<'_, f32>,
     label: ArrayView2<'_, u32>,
     soft_label: Option<ArrayView2<'_, f32>>,
@@ -300,26 +339,4 @@ fn fit_title<DB: plotters::prelude::DrawingBackend>(
         }
     }
     "…".to_owned()
-}
-
-/// Writes a PNG panel of one slice, atomically: tiles side by side, left to right — the
-/// image in grey (1st–99th percentile window), the label map (background black, classes
-/// in the Tableau 10 palette), the soft label if given, then each `(title, map)` of
-/// `confidences` — the last two in a viridis-like colour map over `[0, 1]` with a colour
-/// bar; each tile titled. Row 0 of the arrays is the top row of the tiles (transpose or
-/// flip a slice beforehand for radiological display). Size: [`panel_layout`].
-///
-/// # Errors
-/// [`MetricsError::Invalid`] when the arrays' shapes differ or the slice is empty or too
-/// large; [`MetricsError::Render`] when drawing fails; [`MetricsError::Output`] when
-/// writing fails (nothing is left at `path` then).
-pub fn write_panel_png(
-    path: &Path,
-    image_slice: ArrayView2<'_, f32>,
-    label: ArrayView2<'_, u32>,
-    soft_label: Option<ArrayView2<'_, f32>>,
-    confidences: &[(String, ArrayView2<'_, f32>)],
-) -> Result<(), MetricsError> {
-    let bytes = render_panel_png(image_slice, label, soft_label, confidences)?;
-    write_atomic(path, &bytes)
 }

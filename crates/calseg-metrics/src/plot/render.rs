@@ -132,6 +132,15 @@ pub(crate) fn encode_png(rgb: &[u8], w: u32, h: u32) -> Result<Vec<u8>, String> 
     Ok(out)
 }
 
+/// Renders a figure in the format `path`'s extension names and writes it atomically.
+pub(crate) fn write_figure(
+    path: &Path,
+    render: impl FnOnce(PlotFormat) -> Result<Vec<u8>, MetricsError>,
+) -> Result<(), MetricsError> {
+    let format = PlotFormat::from_path(path)?;
+    write_atomic(path, &render(format)?)
+}
+
 /// Write `bytes` to a fresh temporary file next to `path`, flush it to disk, and rename it
 /// over `path`. On any error the temporary file is removed and `path` is untouched.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), MetricsError> {

@@ -15,25 +15,25 @@ use super::*;
 fn bins(n: usize, empty: &[usize]) -> Vec<ReliabilityBin> {
     (0..n)
         .map(|b| {
-            let lower = b as f64 / n as f64;
-            let upper = (b + 1) as f64 / n as f64;
-            if empty.contains(&b) {
-                ReliabilityBin {
-                    lower,
-                    upper,
-                    count: 0,
-                    confidence: f64::NAN,
-                    accuracy: f64::NAN,
-                }
+            let (lower, upper) = (b as f64 / n as f64, (b + 1) as f64 / n as f64);
+            let count = if empty.contains(&b) {
+                0
             } else {
-                let confidence = (lower + upper) / 2.0;
-                ReliabilityBin {
-                    lower,
-                    upper,
-                    count: 10 * (b as u64 + 1),
-                    confidence,
-                    accuracy: 0.75 * confidence,
-                }
+                10 * (b as u64 + 1)
+            };
+            // NaN for an empty bin, as the accumulators report it.
+            let confidence = if count == 0 {
+                f64::NAN
+            } else {
+                (lower + upper) / 2.0
+            };
+            let accuracy = 0.75 * confidence;
+            ReliabilityBin {
+                lower,
+                upper,
+                count,
+                confidence,
+                accuracy,
             }
         })
         .collect()
@@ -337,13 +337,14 @@ fn panel_png_has_the_expected_size_tiles_and_titles() {
     let soft = Array3::from_elem((1, rows, cols), 0.0f32);
     let dir = temp_dir("panel");
     let path = dir.join("panel.png");
-    write_panel_png(
-        &path,
-        image.view(),
-        label.view(),
-        Some(soft.index_axis(ndarray::Axis(0), 0)),
-        &[("CALSeg".to_owned(), conf.view())],
-    )
+    let confidences = [("CALSeg".to_owned(), conf.view())];
+    Panel {
+        image: image.view(),
+        label: label.view(),
+        soft_label: Some(soft.index_axis(ndarray::Axis(0), 0)),
+        confidences: &confidences,
+    }
+    .write_png(&path)
     .unwrap();
     let (w, h, px) = decode(&std::fs::read(&path).unwrap());
     // Scale 256 / 32 = 8: tiles 256 × 160; 4 columns of 256 + margins.
@@ -378,7 +379,14 @@ fn panel_png_has_the_expected_size_tiles_and_titles() {
     // Mismatched shapes are refused and nothing is written.
     let small = Array2::<f32>::zeros((3, 3));
     let bad = dir.join("bad.png");
-    let e = write_panel_png(&bad, image.view(), label.view(), Some(small.view()), &[]).unwrap_err();
+    let e = Panel {
+        image: image.view(),
+        label: label.view(),
+        soft_label: Some(small.view()),
+        confidences: &[],
+    }
+    .write_png(&bad)
+    .unwrap_err();
     assert!(e.to_string().contains("soft label"), "{e}");
     assert!(!bad.exists());
     std::fs::remove_dir_all(&dir).unwrap();
