@@ -63,7 +63,7 @@ impl MethodSummary {
     }
 }
 
-/// The whole `results.json` document (see the [module docs](self)).
+/// The whole `results.json` document (see the [module docs](crate::report)).
 ///
 /// # Errors
 /// [`ReportError::Invalid`] when two summaries have the same name.

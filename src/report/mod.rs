@@ -2,7 +2,7 @@
 //! panels of one slice, and a reliability overlay of all methods.
 //!
 //! * [`MethodResult`] holds the headline numbers of one method and one seed, built from
-//!   two [`Report`]s with [`MethodResult::from_reports`]: one over every voxel, one over
+//!   two [`Report`](calseg_metrics::Report)s with [`MethodResult::from_reports`]: one over every voxel, one over
 //!   the voxels whose label is not background ([`foreground_config`]; `ece_fg`, the
 //!   MbLS/NACL protocol).
 //! * [`MethodSummary`] is a method over one or several seeds: the NaN-skipping mean of
