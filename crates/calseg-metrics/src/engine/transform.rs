@@ -141,12 +141,8 @@ pub(crate) fn softmax<T: Probability>(
     lbuf: &mut [f64],
     at: ChunkAt<'_>,
 ) -> Result<(), MetricsError> {
-    let ChunkAt {
-        k,
-        m,
-        start,
-        spatial,
-    } = at;
+    let (k, m) = (at.k, at.m);
+    let (start, spatial) = (at.start, at.spatial);
     for i in 0..m {
         let mut mx = f64::NEG_INFINITY;
         for c in 0..k {

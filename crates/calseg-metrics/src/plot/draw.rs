@@ -61,6 +61,31 @@ fn grid<'m, 'a, 'b, X: Ranged, Y: Ranged, DB: DrawingBackend>(
         .axis_desc_style(("sans-serif", label_size + 2))
 }
 
+/// A tick label with one decimal.
+fn one_decimal(v: &f64) -> String {
+    format!("{v:.1}")
+}
+
+/// A tick label with two decimals.
+fn two_decimals(v: &f64) -> String {
+    format!("{v:.2}")
+}
+
+/// Draws the mesh with "Confidence" on the x axis (one-decimal ticks) and `y_desc` on the
+/// y axis (ticks formatted by `y_ticks`).
+fn draw_axes<DB: DrawingBackend>(
+    mesh: &mut MeshStyle<'_, '_, RangedCoordf64, RangedCoordf64, DB>,
+    y_desc: &str,
+    y_ticks: &'static dyn Fn(&f64) -> String,
+) -> DrawResult {
+    mesh.x_desc("Confidence")
+        .y_desc(y_desc)
+        .x_label_formatter(&one_decimal)
+        .y_label_formatter(y_ticks)
+        .draw()
+        .map_err(text_err)
+}
+
 /// The legend of `chart`'s series, in its upper-left corner.
 fn draw_legend<'a, DB: DrawingBackend + 'a>(
     chart: &mut ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
@@ -203,13 +228,8 @@ fn draw_histogram<DB: DrawingBackend>(
         .y_label_area_size(label_size * 4)
         .build_cartesian_2d(0f64..1f64, 0f64..y_top)
         .map_err(text_err)?;
-    grid(&mut chart.configure_mesh(), label_size, 3)
-        .x_desc("Confidence")
-        .y_desc("Fraction")
-        .x_label_formatter(&|v| format!("{v:.1}"))
-        .y_label_formatter(&|v| format!("{v:.2}"))
-        .draw()
-        .map_err(text_err)?;
+    let mut mesh = chart.configure_mesh();
+    draw_axes(grid(&mut mesh, label_size, 3), "Fraction", &two_decimals)?;
     chart
         .draw_series(
             non_empty(bins)
@@ -228,13 +248,8 @@ pub(crate) fn draw_overlay<DB: DrawingBackend>(
     root.fill(&WHITE).map_err(text_err)?;
     let (_, label_size) = font_sizes(opts);
     let mut chart = unit_chart(root, opts, label_size * 3)?;
-    grid(&mut chart.configure_mesh(), label_size, 6)
-        .x_desc("Confidence")
-        .y_desc("Accuracy")
-        .x_label_formatter(&|v| format!("{v:.1}"))
-        .y_label_formatter(&|v| format!("{v:.1}"))
-        .draw()
-        .map_err(text_err)?;
+    let mut mesh = chart.configure_mesh();
+    draw_axes(grid(&mut mesh, label_size, 6), "Accuracy", &one_decimal)?;
     draw_diagonal(&mut chart)?;
     for (i, (name, bins)) in series.iter().enumerate() {
         let [r, g, b] = TABLEAU10[i % TABLEAU10.len()];
