@@ -4,7 +4,7 @@
 //! # What is computed
 //!
 //! For a predicted label map `P` and a ground-truth label map `T` of the same shape
-//! `(*spatial)` (any number of axes ≥ 1, any integer [`Label`](crate::Label) type) and a voxel spacing
+//! `(*spatial)` (any number of axes ≥ 1, any integer [`Label`] type) and a voxel spacing
 //! `s = (s_0, …, s_{D-1})` in mm per axis, the score of class `c` is
 //!
 //! ```text

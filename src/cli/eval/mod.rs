@@ -1,0 +1,100 @@
+//! `calseg eval`: calibration and overlap metrics of one probability map, or of every
+//! case of a dataset folder against a folder of predictions.
+//!
+//! * **Single-file mode** (`--probs P --labels Y`): one report.
+//! * **Dataset mode** (`--data DIR --predictions DIR`): the labels of a Decathlon /
+//!   nnU-Net v2 dataset folder ([`calseg_io::Dataset`]) against one prediction file per
+//!   case (`CASE.nii.gz`, `CASE.nii`, `CASE.safetensors` or `CASE.npy`). Cases are loaded
+//!   and scored one at a time (memory: one case), each into its own [`Evaluator`]; the
+//!   evaluators are merged into a pooled ("micro") one, and the per-case reports are
+//!   averaged with [`macro_average`] ("macro"). Every prediction file is located before
+//!   any case is scored, so a missing one fails fast.
+
+//!
+//! Files: [`args`] (flags and the metric configuration they describe), [`single`]
+//! (single-file mode), [`dataset`] (dataset mode), [`output`] (JSON objects and
+//! reliability diagrams shared by both modes).
+
+mod args;
+mod dataset;
+mod output;
+mod single;
+
+pub use args::EvalArgs;
+use args::SplitArg;
+
+use super::{CliError, CliResult};
+use calseg_io::{FloatArray, LabelMap};
+use calseg_metrics::{Evaluator, Input, MetricConfig, MetricsError, Probability};
+use ndarray::{ArrayD, ArrayViewD, Axis};
+use std::path::Path;
+
+pub(super) fn bad(msg: String) -> CliError {
+    CliError::BadInput(msg)
+}
+
+pub(super) fn io_bad(e: calseg_io::IoError) -> CliError {
+    CliError::BadInput(e.to_string())
+}
+
+/// The label map at `path`, if a path is given (a mask or a hard prediction).
+fn read_optional_labels(path: Option<&Path>) -> Result<Option<LabelMap>, CliError> {
+    path.map(calseg_io::read_labels).transpose().map_err(io_bad)
+}
+
+/// Runs `calseg eval`: dataset mode when `--data` is given, else single-file mode.
+pub fn run(args: EvalArgs) -> CliResult {
+    args.check()?;
+    match (&args.data, &args.predictions) {
+        (Some(data), Some(predictions)) => dataset::run_dataset(&args, data, predictions),
+        _ => single::run_single(&args),
+    }
+}
+
+/// One pass of a fresh [`Evaluator`] over the inputs; the evaluator is returned so that
+/// dataset mode can merge it into the pooled one.
+pub(super) fn accumulate<T: Probability>(
+    probs: ArrayViewD<'_, T>,
+    labels: &ArrayD<u32>,
+    mask: Option<&LabelMap>,
+    pred: Option<&LabelMap>,
+    config: MetricConfig,
+) -> Result<Evaluator, MetricsError> {
+    let mut input = Input::new(probs, labels.view())?;
+    if let Some(m) = mask {
+        input = input.with_mask(m.labels.view())?;
+    }
+    if let Some(p) = pred {
+        input = input.with_pred(p.labels.view())?;
+    }
+    let mut ev = Evaluator::new(config)?;
+    ev.update_input(&input)?;
+    Ok(ev)
+}
+
+/// Arg-max label map of a probability map of either precision.
+pub(super) fn argmax_of(probs: &FloatArray) -> ArrayD<u32> {
+    match probs {
+        FloatArray::F32(p) => argmax(p.view()),
+        FloatArray::F64(p) => argmax(p.view()),
+    }
+}
+
+/// Arg-max over axis 0 of `(K, *spatial)`; the first maximal class wins ties, as
+/// everywhere in calseg-metrics.
+fn argmax<T: Probability>(probs: ArrayViewD<'_, T>) -> ArrayD<u32> {
+    let mut best = probs.index_axis(Axis(0), 0).to_owned();
+    let mut arg = ArrayD::<u32>::zeros(best.raw_dim());
+    for (k, channel) in probs.axis_iter(Axis(0)).enumerate().skip(1) {
+        ndarray::Zip::from(&mut best)
+            .and(&mut arg)
+            .and(&channel)
+            .for_each(|b, a, &p| {
+                if p > *b {
+                    *b = p;
+                    *a = k as u32;
+                }
+            });
+    }
+    arg
+}
