@@ -161,36 +161,8 @@ pub fn results_markdown(
     machine: &MachineInfo,
 ) -> String {
     let mut s = String::from("# Results\n\n");
-    let columns: Vec<&Column> = COLUMNS
-        .iter()
-        .filter(|c| {
-            c.header != "HD95 (fg, mm)" || methods.iter().any(|m| m.mean.hd95_mean_fg.is_some())
-        })
-        .collect();
-    let _ = write!(s, "| Method | seeds |");
-    for c in &columns {
-        let _ = write!(s, " {} |", c.header);
-    }
-    s.push_str("\n|---|---:|");
-    for _ in &columns {
-        s.push_str("---:|");
-    }
-    s.push('\n');
-    let bests: Vec<Option<f64>> = columns
-        .iter()
-        .map(|c| {
-            let values: Vec<Option<f64>> = methods.iter().map(|m| (c.value)(&m.mean)).collect();
-            best(&values, c.better)
-        })
-        .collect();
-    for m in methods {
-        let _ = write!(s, "| {} | {} |", m.name, m.n_seeds);
-        for (c, b) in columns.iter().zip(&bests) {
-            let sd = m.sd.as_ref().and_then(|sd| (c.value)(sd));
-            let _ = write!(s, " {} |", cell((c.value)(&m.mean), sd, c.decimals, *b));
-        }
-        s.push('\n');
-    }
+    s.push_str(&methods_table(methods));
+    s.push_str(&seed_spread(methods));
 
     let k = methods.iter().map(|m| m.mean.dice.len()).max().unwrap_or(0);
     if k > 0 {
@@ -238,6 +210,97 @@ pub fn results_markdown(
         machine.cores,
         machine.os
     );
+    s
+}
+
+/// The comparison table alone (see [`results_markdown`]): one row per method, the best
+/// value of each quality column in bold, `mean ± sd` over seeds.
+pub fn methods_table(methods: &[MethodSummary]) -> String {
+    let mut s = String::new();
+    let columns: Vec<&Column> = COLUMNS
+        .iter()
+        .filter(|c| {
+            c.header != "HD95 (fg, mm)" || methods.iter().any(|m| m.mean.hd95_mean_fg.is_some())
+        })
+        .collect();
+    let _ = write!(s, "| Method | seeds |");
+    for c in &columns {
+        let _ = write!(s, " {} |", c.header);
+    }
+    s.push_str("\n|---|---:|");
+    for _ in &columns {
+        s.push_str("---:|");
+    }
+    s.push('\n');
+    let bests: Vec<Option<f64>> = columns
+        .iter()
+        .map(|c| {
+            let values: Vec<Option<f64>> = methods.iter().map(|m| (c.value)(&m.mean)).collect();
+            best(&values, c.better)
+        })
+        .collect();
+    for m in methods {
+        let _ = write!(s, "| {} | {} |", m.name, m.n_seeds);
+        for (c, b) in columns.iter().zip(&bests) {
+            let sd = m.sd.as_ref().and_then(|sd| (c.value)(sd));
+            let _ = write!(s, " {} |", cell((c.value)(&m.mean), sd, c.decimals, *b));
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// With several seeds: for foreground ECE and mean foreground Dice, each method's
+/// difference to the best method, and whether it is larger than the seed spread (the
+/// sum of the two sample standard deviations). Empty with one seed.
+pub fn seed_spread(methods: &[MethodSummary]) -> String {
+    let with_sd: Vec<&MethodSummary> = methods.iter().filter(|m| m.sd.is_some()).collect();
+    if with_sd.len() < 2 {
+        return String::new();
+    }
+    let mut s = String::from(
+        "\n**Differences and seed spread** (difference to the best method; `>` where it is larger \
+         than the sum of the two seeds' standard deviations, `≈` where it is not):\n\n",
+    );
+    let metrics: [(&str, fn(&MethodResult) -> f64, Better); 2] = [
+        ("ECE (fg)", |r| r.ece_fg, Better::Lower),
+        ("Dice (fg)", |r| r.dice_mean_fg, Better::Higher),
+    ];
+    for (name, value, better) in metrics {
+        let best_m = with_sd.iter().copied().min_by(|a, b| {
+            let (x, y) = (value(&a.mean), value(&b.mean));
+            let o = x.total_cmp(&y);
+            if better == Better::Higher {
+                o.reverse()
+            } else {
+                o
+            }
+        });
+        let Some(best_m) = best_m else { continue };
+        let sd = |m: &MethodSummary| m.sd.as_ref().map_or(0.0, |sd| value(sd));
+        let _ = write!(
+            s,
+            "- {name}: best **{}** ({:.4});",
+            best_m.name,
+            value(&best_m.mean)
+        );
+        for m in &with_sd {
+            if m.name == best_m.name {
+                continue;
+            }
+            let d = value(&m.mean) - value(&best_m.mean);
+            let sign = if d.abs() > sd(m) + sd(best_m) {
+                ">"
+            } else {
+                "≈"
+            };
+            let _ = write!(s, " {} {:+.4} {sign},", m.name, d);
+        }
+        if s.ends_with(',') {
+            s.pop();
+        }
+        s.push('\n');
+    }
     s
 }
 

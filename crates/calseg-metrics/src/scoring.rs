@@ -321,7 +321,7 @@ mod tests {
     fn case(shift: usize) -> (ArrayD<f32>, ArrayD<u32>) {
         let labels = ArrayD::from_shape_fn(IxDyn(&[6, 6]), |i| ((i[1] + shift) / 2 % 3) as u32);
         let probs = ArrayD::from_shape_fn(IxDyn(&[3, 6, 6]), |i| {
-            let y = ((i[2] + shift) / 2 % 3) as usize;
+            let y = (i[2] + shift) / 2 % 3;
             let pred = if i[1] % 3 == 0 { (y + 1) % 3 } else { y };
             if i[0] == pred { 0.7 } else { 0.15 }
         });

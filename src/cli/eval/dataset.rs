@@ -1,13 +1,11 @@
 //! Dataset mode: `--data DIR --predictions DIR`, every case of a split scored one at a
 //! time, pooled ("micro") and macro-averaged.
 
-use super::output::{cell, macro_json, mean_fg, plot_reliability, to_json};
-use super::{EvalArgs, SplitArg, accumulate, argmax_of, bad, io_bad, read_optional_labels};
+use super::output::{cell, macro_json, plot_reliability, to_json};
+use super::{EvalArgs, SplitArg, bad, io_bad, read_optional_labels};
 use crate::cli::{CliError, CliResult};
 use calseg_io::{CaseRef, Dataset, FloatArray};
-use calseg_metrics::{
-    Evaluator, MacroReport, MetricConfig, Report, hd95_per_class, macro_average, nanmean,
-};
+use calseg_metrics::{MacroReport, Report, ScoreSpec, Scorer, foreground_mean, macro_average};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -140,41 +138,26 @@ pub(super) fn run_dataset(args: &EvalArgs, data: &Path, predictions: &Path) -> C
 
     let config = args.config();
     let n_classes = ds.info().num_classes();
-    let mut pooled =
-        Evaluator::new(config.clone()).map_err(|e| bad(format!("invalid option: {e}")))?;
+    let mut pooled = Scorer::new(ScoreSpec::new(config).hd95(args.hd95))
+        .map_err(|e| bad(format!("invalid option: {e}")))?;
     let mut results = Vec::with_capacity(files.len());
     for f in &files {
-        let (ev, result) = score_case(args, &ds, f, n_classes, config.clone())?;
-        pooled.merge(&ev).map_err(|e| {
-            bad(format!(
-                "case {}: {}: {e}",
-                result.id,
-                f.prediction.display()
-            ))
-        })?;
+        let result = score_case(&ds, f, n_classes, &mut pooled)?;
         if let Some(dir) = &args.plot_dir {
             let path = dir.join(format!("reliability_{}.png", result.id));
             plot_reliability(&result.report, &format!("{}: ", result.id), &path)?;
         }
         results.push(result);
     }
-    let pooled = pooled
+    let summary = pooled
         .finish()
         .map_err(|e| bad(format!("{}: pooled metrics: {e}", data.display())))?;
+    let pooled = summary.region;
     let reports: Vec<Report> = results.iter().map(|r| r.report.clone()).collect();
     let macro_report = macro_average(&reports)
         .map_err(|e| bad(format!("{}: macro average: {e}", data.display())))?;
-    let macro_hd95 = args.hd95.then(|| {
-        (0..n_classes)
-            .map(|c| {
-                nanmean(
-                    results
-                        .iter()
-                        .filter_map(|r| r.hd95.as_ref().and_then(|h| h.get(c).copied())),
-                )
-            })
-            .collect::<Vec<f64>>()
-    });
+    // HD95 per class: the mean over the cases that have a finite value (the Scorer's rule).
+    let macro_hd95 = summary.hd95;
     if let Some(dir) = &args.plot_dir {
         plot_reliability(&pooled, "pooled: ", &dir.join("reliability_pooled.png"))?;
     }
@@ -210,15 +193,15 @@ pub(super) fn run_dataset(args: &EvalArgs, data: &Path, predictions: &Path) -> C
     Ok(())
 }
 
-/// Loads and scores one case: its own evaluator (to merge into the pooled one) and its
-/// report. Class or shape mismatches are bad input naming the prediction file.
+/// Loads one case and scores it into `pooled` (the one scoring path,
+/// [`calseg_metrics::Scorer`]); returns its own report. Class or shape mismatches are bad
+/// input naming the prediction file.
 fn score_case(
-    args: &EvalArgs,
     ds: &Dataset,
     f: &CaseFiles<'_>,
     n_classes: usize,
-    config: MetricConfig,
-) -> Result<(Evaluator, CaseResult), CliError> {
+    pooled: &mut Scorer,
+) -> Result<CaseResult, CliError> {
     let id = &f.case.id;
     let pred_name = f.prediction.display();
     let case = ds.load_case(f.case).map_err(io_bad)?;
@@ -244,41 +227,23 @@ fn score_case(
             labels.shape()
         )));
     }
-    let mask = read_optional_labels(f.mask.as_deref())?;
+    let mask = read_optional_labels(f.mask.as_deref())?.map(|m| m.labels.mapv(|v| v != 0));
     let context = || match &f.mask {
         Some(m) => format!("case {id}: {pred_name} (mask {})", m.display()),
         None => format!("case {id}: {pred_name}"),
     };
-    let ev = match &probs.probs {
-        FloatArray::F32(p) => accumulate(p.view(), &labels, mask.as_ref(), None, config),
-        FloatArray::F64(p) => accumulate(p.view(), &labels, mask.as_ref(), None, config),
+    let mask = mask.as_ref().map(|m| m.view());
+    let spacing = &case.geometry.spacing;
+    let score = match &probs.probs {
+        FloatArray::F32(p) => pooled.update(p.view(), labels.view(), mask, spacing),
+        FloatArray::F64(p) => pooled.update(p.view(), labels.view(), mask, spacing),
     }
     .map_err(|e| bad(format!("{}: {e}", context())))?;
-    let report = ev
-        .finish()
-        .map_err(|e| bad(format!("{}: {e}", context())))?;
-    let hd95 = if args.hd95 {
-        let predicted = argmax_of(&probs.probs);
-        Some(
-            hd95_per_class(
-                predicted.view(),
-                labels.view(),
-                report.n_classes,
-                &case.geometry.spacing,
-            )
-            .map_err(|e| bad(format!("HD95 of {}: {e}", context())))?,
-        )
-    } else {
-        None
-    };
-    Ok((
-        ev,
-        CaseResult {
-            id: id.clone(),
-            report,
-            hd95,
-        },
-    ))
+    Ok(CaseResult {
+        id: id.clone(),
+        report: score.region,
+        hd95: score.hd95,
+    })
 }
 
 /// The readable report of dataset mode: one row per case, then pooled and macro rows,
@@ -347,7 +312,9 @@ fn dataset_table(
             &r.id,
             p.n_voxels.to_string(),
             [p.ece, p.mce, p.ace, p.cece, p.brier, p.nll, p.dice_mean_fg],
-            r.hd95.as_deref().map(|h| mean_fg(h, bg)),
+            r.hd95
+                .as_deref()
+                .map(|h| foreground_mean(h, Some(bg as usize))),
         );
     }
     row(
@@ -369,7 +336,7 @@ fn dataset_table(
         "macro",
         String::new(),
         [m.ece, m.mce, m.ace, m.cece, m.brier, m.nll, m.dice_mean_fg],
-        macro_hd95.map(|h| mean_fg(h, bg)),
+        macro_hd95.map(|h| foreground_mean(h, Some(bg as usize))),
     );
     let _ = writeln!(
         s,

@@ -26,7 +26,7 @@ use args::SplitArg;
 use super::{CliError, CliResult};
 use calseg_io::{FloatArray, LabelMap};
 use calseg_metrics::{Evaluator, Input, MetricConfig, MetricsError, Probability};
-use ndarray::{ArrayD, ArrayViewD, Axis};
+use ndarray::{ArrayD, ArrayViewD};
 use std::path::Path;
 
 pub(super) fn bad(msg: String) -> CliError {
@@ -75,26 +75,7 @@ pub(super) fn accumulate<T: Probability>(
 /// Arg-max label map of a probability map of either precision.
 pub(super) fn argmax_of(probs: &FloatArray) -> ArrayD<u32> {
     match probs {
-        FloatArray::F32(p) => argmax(p.view()),
-        FloatArray::F64(p) => argmax(p.view()),
+        FloatArray::F32(p) => calseg_metrics::argmax(p.view()),
+        FloatArray::F64(p) => calseg_metrics::argmax(p.view()),
     }
-}
-
-/// Arg-max over axis 0 of `(K, *spatial)`; the first maximal class wins ties, as
-/// everywhere in calseg-metrics.
-fn argmax<T: Probability>(probs: ArrayViewD<'_, T>) -> ArrayD<u32> {
-    let mut best = probs.index_axis(Axis(0), 0).to_owned();
-    let mut arg = ArrayD::<u32>::zeros(best.raw_dim());
-    for (k, channel) in probs.axis_iter(Axis(0)).enumerate().skip(1) {
-        ndarray::Zip::from(&mut best)
-            .and(&mut arg)
-            .and(&channel)
-            .for_each(|b, a, &p| {
-                if p > *b {
-                    *b = p;
-                    *a = k as u32;
-                }
-            });
-    }
-    arg
 }

@@ -3,7 +3,7 @@
 
 use crate::cli::{CliError, CliResult};
 use calseg_metrics::plot::{PlotOptions, reliability_diagram};
-use calseg_metrics::{MacroReport, Report, nanmean};
+use calseg_metrics::{MacroReport, Report};
 use serde_json::{Map, Value, json};
 use std::path::Path;
 
@@ -76,17 +76,6 @@ pub(super) fn macro_json(m: &MacroReport, hd95: Option<&[f64]>) -> Value {
         shared_entries!(m),
         Vec::new(),
         hd95,
-    )
-}
-
-/// NaN-skipping mean of `per_class` over the classes other than `background`.
-pub(super) fn mean_fg(per_class: &[f64], background: u32) -> f64 {
-    nanmean(
-        per_class
-            .iter()
-            .enumerate()
-            .filter(|&(c, _)| c != background as usize)
-            .map(|(_, &v)| v),
     )
 }
 
