@@ -16,9 +16,11 @@
 //! [vls_train]  # its TrainerConfig
 //! [calseg]  # samples = 16, tau = [2.0], alpha = [0.25], from = "posterior", dice_tolerance = 0.02; lists → sweep on validation
 //! [eval]    # bins = 15, hd95 = true, mask = "brainmask.nii.gz" (file or folder of CASE.nii.gz)
+//! [eval.shift]  # bias = 0.4, gamma = 1.3, contrast = 0.85, noise = 0.04 (a synthetic scanner shift of the test part)
 //! ```
 
 use super::split::SplitConfig;
+use calseg_io::shift::ScannerShift;
 use calseg_seg::loss::{LossConfig, Method, NaclNorm, NaclWindow};
 use calseg_seg::net::UNetConfig;
 use calseg_seg::train::{Schedule, TrainerConfig};
@@ -261,6 +263,9 @@ pub struct EvalParams {
     /// uses the voxels whose label is not background (MbLS/NACL protocol); Dice and HD95
     /// use the whole image.
     pub mask: Option<PathBuf>,
+    /// Also score every method on a seeded, synthetically shifted copy of the test part
+    /// (bias field, gamma/contrast, Rician noise: [`ScannerShift`]); `None`: not.
+    pub shift: Option<ScannerShift>,
 }
 
 impl Default for EvalParams {
@@ -269,6 +274,7 @@ impl Default for EvalParams {
             bins: 15,
             hd95: true,
             mask: None,
+            shift: Some(ScannerShift::default()),
         }
     }
 }
@@ -350,6 +356,9 @@ impl ExperimentConfig {
                 "calseg.alpha must be a non-empty list in [0, 1], got {:?}",
                 c.alpha
             ));
+        }
+        if let Some(shift) = &self.eval.shift {
+            shift.validate().map_err(|e| e.to_string())?;
         }
         if self.eval.bins == 0 {
             return Err("eval.bins must be ≥ 1".into());

@@ -34,6 +34,9 @@ use std::path::{Path, PathBuf};
 /// [`is_bad_input`](Error::is_bad_input) decides the CLI's exit status.
 pub type ExperimentError = Error;
 
+/// Seed of the synthetic scanner shift of the test part (mixed with each case id).
+pub const SHIFT_SEED: u64 = 2026;
+
 /// Result alias of the runner.
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -146,6 +149,8 @@ struct Parts {
     /// Evaluation masks of the validation and test parts (checked against their grids).
     val_masks: Vec<Option<ArrayD<bool>>>,
     test_masks: Vec<Option<ArrayD<bool>>>,
+    /// The test part under the synthetic scanner shift (empty when off).
+    shifted: Vec<Case>,
     classes: usize,
     in_channels: usize,
 }
@@ -167,6 +172,9 @@ impl Parts {
     fn test_cases(&self) -> Vec<EvalCase<'_>> {
         Self::eval_cases(&self.test, &self.test_masks)
     }
+    fn shifted_cases(&self) -> Vec<EvalCase<'_>> {
+        Self::eval_cases(&self.shifted, &self.test_masks)
+    }
     fn masked(&self) -> bool {
         self.val_masks
             .iter()
@@ -178,6 +186,8 @@ impl Parts {
 /// Per-seed evaluation of one method, plus what the figures need.
 struct Scored {
     result: MethodResult,
+    /// The same method scored on the shifted test part.
+    shifted: Option<MethodResult>,
     reliability: Vec<ReliabilityBin>,
     /// Confidence (max probability) of the panel slice.
     panel: Option<ArrayD<f32>>,
@@ -227,6 +237,7 @@ impl<'a> Experiment<'a> {
         )?;
         self.progress.stage(&parts.plan.description);
         let mut runs: Vec<MethodResult> = Vec::new();
+        let mut shifted_runs: Vec<MethodResult> = Vec::new();
         let mut first_seed: Option<(Reliabilities, Panels)> = None;
         let mut quality = Value::Null;
         let mut chosen = BTreeMap::new();
@@ -247,9 +258,13 @@ impl<'a> Experiment<'a> {
                 first_seed = Some((rel, pan));
             }
             chosen.insert(format!("seed{i}"), extra);
-            runs.extend(scored.into_iter().map(|(_, s)| s.result));
+            for (_, s) in scored {
+                runs.push(s.result);
+                shifted_runs.extend(s.shifted);
+            }
         }
         let summaries = report::group_by_method(&runs)?;
+        let shifted = report::group_by_method(&shifted_runs)?;
         let mut recorded = self.cfg.clone();
         recorded.net = self.unet(&parts);
         recorded.vls.dims = recorded.dims;
@@ -260,13 +275,19 @@ impl<'a> Experiment<'a> {
             "tuned_on_validation": chosen,
         });
         let split = serde_json::to_value(&parts.plan).unwrap_or(Value::Null);
-        report::write_results_json(
-            &self.out.join("results.json"),
-            &summaries,
-            config.clone(),
-            split.clone(),
-            quality.clone(),
-        )?;
+        let mut json =
+            report::results_json(&summaries, config.clone(), split.clone(), quality.clone())?;
+        if let (Some(shift), Value::Object(doc)) = (&self.cfg.eval.shift, &mut json) {
+            if !shifted.is_empty() {
+                let methods =
+                    report::results_json(&shifted, Value::Null, Value::Null, Value::Null)?;
+                doc.insert(
+                    "shifted".into(),
+                    json!({"shift": shift, "seed": SHIFT_SEED, "methods": methods["methods"]}),
+                );
+            }
+        }
+        self.write_json(&self.out.join("results.json"), &json)?;
         let budget = json!({
             "segmentation_nets": serde_json::to_value(&self.cfg.train).unwrap_or(Value::Null),
             "smoother": serde_json::to_value(&self.cfg.vls_train).unwrap_or(Value::Null),
@@ -277,19 +298,34 @@ impl<'a> Experiment<'a> {
         if let Some(n) = &self.note {
             markdown.push_str(&format!("> **{n}**\n\n"));
         }
-        markdown.push_str(&report::results_markdown(
+        let mut body = report::results_markdown(
             &summaries,
             &config,
             &split,
             &quality,
             &budget,
             &MachineInfo::detect(),
-        ));
+        );
+        if let (Some(shift), false) = (&self.cfg.eval.shift, shifted.is_empty()) {
+            let section = format!(
+                "\n## Under a synthetic scanner shift\n\nThe same nets on a seeded, shifted copy of the test part \
+                 (bias field strength {}, gamma {}, contrast {}, Rician noise σ {} of the tissue range; \
+                 seed {SHIFT_SEED} mixed with the case id): calibration where the data move.\n\n{}{}",
+                shift.bias,
+                shift.gamma,
+                shift.contrast,
+                shift.noise,
+                report::methods_table(&shifted),
+                report::seed_spread(&shifted),
+            );
+            let at = body.find("\n## Dice per class").unwrap_or(body.len());
+            body.insert_str(at, &section);
+        }
+        markdown.push_str(&body);
         calseg_io::atomic::write_atomic(&self.out.join("results.md"), markdown.as_bytes())?;
         if let Some((rel, pan)) = first_seed {
             self.figures(&parts, &rel, &pan)?;
         }
-        let json = report::results_json(&summaries, config, split, quality)?;
         Ok(Outcome {
             markdown,
             json,
@@ -348,6 +384,20 @@ impl<'a> Experiment<'a> {
                 "dataset.json declares {classes} classes; at least 2 are needed"
             )));
         }
+        // The shifted copy of every test case, seeded by the case id only (the same shifted
+        // data for every seed of the experiment).
+        let shifted = match &self.cfg.eval.shift {
+            None => Vec::new(),
+            Some(shift) => test
+                .iter()
+                .map(|c| {
+                    let mut s = c.clone();
+                    s.image =
+                        shift.apply(&c.image, calseg_vls::smooth::case_seed(SHIFT_SEED, &c.id))?;
+                    Ok(s)
+                })
+                .collect::<Result<_>>()?,
+        };
         Ok(Parts {
             plan,
             train,
@@ -355,6 +405,7 @@ impl<'a> Experiment<'a> {
             test,
             val_masks,
             test_masks,
+            shifted,
             classes,
             in_channels,
         })
@@ -470,9 +521,13 @@ impl<'a> Experiment<'a> {
             scored.push((name.to_string(), s));
         }
         let results: Vec<&MethodResult> = scored.iter().map(|(_, s)| &s.result).collect();
+        let shifted: Vec<&MethodResult> = scored
+            .iter()
+            .filter_map(|(_, s)| s.shifted.as_ref())
+            .collect();
         self.write_json(
             &dir.join("results.json"),
-            &json!({"seed": seed, "methods": results, "tuned": tuned}),
+            &json!({"seed": seed, "methods": results, "shifted": shifted, "tuned": tuned}),
         )?;
         Ok((scored, quality, Value::Object(tuned)))
     }
@@ -642,6 +697,22 @@ impl<'a> Experiment<'a> {
             }
         }
         let s = scorer.finish()?;
+        let shifted = if p.shifted.is_empty() {
+            None
+        } else {
+            let mut shifted = Scorer::new(self.score_spec(p))?;
+            for c in &p.shifted_cases() {
+                score_case(model, c, &mut shifted, temperature)?;
+            }
+            let t = shifted.finish()?;
+            Some(MethodResult::from_reports(
+                name,
+                &t.region,
+                &t.foreground,
+                t.hd95_mean_fg,
+                secs,
+            )?)
+        };
         Ok(Scored {
             result: MethodResult::from_reports(
                 name,
@@ -650,6 +721,7 @@ impl<'a> Experiment<'a> {
                 s.hd95_mean_fg,
                 secs,
             )?,
+            shifted,
             reliability: s.region.reliability.clone(),
             panel,
         })

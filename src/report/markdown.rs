@@ -262,7 +262,8 @@ pub fn seed_spread(methods: &[MethodSummary]) -> String {
         "\n**Differences and seed spread** (difference to the best method; `>` where it is larger \
          than the sum of the two seeds' standard deviations, `≈` where it is not):\n\n",
     );
-    let metrics: [(&str, fn(&MethodResult) -> f64, Better); 2] = [
+    type Metric = (&'static str, fn(&MethodResult) -> f64, Better);
+    let metrics: [Metric; 2] = [
         ("ECE (fg)", |r| r.ece_fg, Better::Lower),
         ("Dice (fg)", |r| r.dice_mean_fg, Better::Higher),
     ];
@@ -277,7 +278,7 @@ pub fn seed_spread(methods: &[MethodSummary]) -> String {
             }
         });
         let Some(best_m) = best_m else { continue };
-        let sd = |m: &MethodSummary| m.sd.as_ref().map_or(0.0, |sd| value(sd));
+        let sd = |m: &MethodSummary| m.sd.as_ref().map_or(0.0, value);
         let _ = write!(
             s,
             "- {name}: best **{}** ({:.4});",
