@@ -1,11 +1,10 @@
 //! The Markdown report: the comparison table with the best value of each column in bold,
 //! per-class Dice, then configuration, split, soft-label quality, budget and machine.
 
-use super::{MethodResult, MethodSummary, ReportError};
+use super::{MethodResult, MethodSummary};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fmt::Write as _;
-use std::path::Path;
 
 /// The machine a result was computed on, for the record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -303,22 +302,4 @@ pub fn seed_spread(methods: &[MethodSummary]) -> String {
         s.push('\n');
     }
     s
-}
-
-/// Writes [`results_markdown`] to `path` atomically.
-///
-/// # Errors
-/// [`ReportError::Io`] when writing fails.
-pub fn write_results_markdown(
-    path: &Path,
-    methods: &[MethodSummary],
-    config: &Value,
-    split: &Value,
-    soft_label_quality: &Value,
-    budget: &Value,
-    machine: &MachineInfo,
-) -> Result<(), ReportError> {
-    let text = results_markdown(methods, config, split, soft_label_quality, budget, machine);
-    calseg_io::atomic::write_atomic(path, text.as_bytes())?;
-    Ok(())
 }

@@ -38,9 +38,7 @@ mod tests;
 
 pub use figures::{write_panel_png, write_reliability_overlay};
 pub use json::{results_json, write_results_json};
-pub use markdown::{
-    MachineInfo, methods_table, results_markdown, seed_spread, write_results_markdown,
-};
+pub use markdown::{MachineInfo, methods_table, results_markdown, seed_spread};
 pub use stats::{MethodResult, MethodSummary, foreground_config, group_by_method, summarize};
 
 use calseg_metrics::MetricsError;

@@ -61,8 +61,7 @@
 //!   seeded initialisation and the [`calseg_seg::train::Trainable`] contract.
 //! - `calseg-io`: cases, the nonzero z-score, the embedded ICBM152 data, and the atomic
 //!   safetensors / NIfTI writers of the soft labels.
-//! - `calseg-metrics`: the workspace's calibration metrics; declared for evaluations
-//!   built on this crate, not used by the library code itself.
+//! - `calseg-metrics`: the validation scores of the (α, τ) choice in [`pipeline`].
 //! - `candle-core` / `candle-nn`: tensors, autograd, `VarMap` parameters and softmax /
 //!   sigmoid.
 //! - `ndarray`: the soft-label maps `(K, *spatial)` exchanged with calseg-io.
@@ -71,8 +70,6 @@
 //! - `serde` / `serde_json`: configurations and statistics as JSON.
 //! - `thiserror`: the typed [`VlsError`].
 //! - `tracing`: a debug event per smoothed case.
-//! - `safetensors`: declared for checkpoints; the library code writes safetensors
-//!   through calseg-io and candle's `VarMap`.
 
 pub mod error;
 pub mod loss;

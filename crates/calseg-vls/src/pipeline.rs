@@ -9,9 +9,9 @@
 //! ```
 //!
 //! [`Calseg::run`] does everything; a user who already has a smoother starts at
-//! [`Calseg::run_from_smoother`], one who has `y_s` at [`Calseg::run_from_soft_labels`],
-//! and [`Calseg::train_smoother`], [`Calseg::soft_labels`], [`Calseg::targets`] and
-//! [`Calseg::sweep`] are the stages themselves.
+//! [`Calseg::run_from_smoother`], one who has `y_s` at [`Calseg::sweep`], and
+//! [`Calseg::train_smoother`], [`Calseg::soft_labels`] and [`Calseg::targets`] are the
+//! other stages.
 //!
 //! **The choice of (α, τ)** uses validation data only: among the settings whose mean
 //! foreground validation Dice is within [`CalsegConfig::dice_tolerance`] of the best,
@@ -349,7 +349,7 @@ impl Calseg {
     ) -> Result<CalsegRun> {
         let soft_labels = self.soft_labels(&smoother.model, train, seed)?;
         let y_s: Vec<_> = soft_labels.iter().map(|s| s.y_s.clone()).collect();
-        let sweep = self.run_from_soft_labels(train, &y_s, val, seed, dir)?;
+        let sweep = self.sweep(train, &y_s, val, seed, dir)?;
         Ok(CalsegRun {
             smoother,
             soft_labels,
@@ -357,22 +357,6 @@ impl Calseg {
             choice: sweep.choice,
             net: sweep.net,
         })
-    }
-
-    /// From `y_s` of every training case (`(K, *spatial)`, in order) on: the sweep and
-    /// the final net. The same as [`sweep`](Self::sweep).
-    ///
-    /// # Errors
-    /// As [`run`](Self::run).
-    pub fn run_from_soft_labels(
-        &self,
-        train: &[Case],
-        y_s: &[ndarray::ArrayD<f32>],
-        val: &[EvalCase<'_>],
-        seed: u64,
-        dir: Option<&Path>,
-    ) -> Result<Sweep> {
-        self.sweep(train, y_s, val, seed, dir)
     }
 
     /// Trains the smoother on `train` (validation loss on `val`), or loads it from `dir`
@@ -484,7 +468,8 @@ impl Calseg {
             .collect()
     }
 
-    /// One net per (α, τ) on `Y_s`, scored on `val`, and the choice (module docs).
+    /// From `y_s` of every training case (`(K, *spatial)`, in order) on: one net per
+    /// (α, τ) on `Y_s`, scored on `val`, the choice (module docs) and its net.
     ///
     /// # Errors
     /// As [`run`](Self::run); [`VlsError::Config`] for a sweep of several settings

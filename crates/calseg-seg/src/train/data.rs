@@ -158,22 +158,7 @@ fn one_hot(labels: &ArrayD<u32>, classes: usize, id: &str) -> Result<ArrayD<f32>
 
 /// Argmax over axis 0 (ties → lower class).
 fn argmax(t: &ArrayD<f32>) -> ArrayD<u32> {
-    let k = t.shape()[0];
-    let mut best = t.index_axis(Axis(0), 0).to_owned();
-    let mut arg = ArrayD::<u32>::zeros(best.raw_dim());
-    for c in 1..k {
-        let tc = t.index_axis(Axis(0), c);
-        ndarray::Zip::from(&mut best)
-            .and(&mut arg)
-            .and(&tc)
-            .for_each(|b, a, &v| {
-                if v > *b {
-                    *b = v;
-                    *a = c as u32;
-                }
-            });
-    }
-    arg
+    calseg_metrics::argmax(t.view())
 }
 
 /// Reads `dir/ID.safetensors` → tensor `soft_labels` as f32.
