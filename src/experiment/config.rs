@@ -425,6 +425,8 @@ pub fn demo() -> ExperimentConfig {
     c.vls_train.epochs = 15;
     c.vls_train.iters_per_epoch = Some(30);
     c.vls_train.lr = 3e-3;
+    c.train.validate_every = 3;
+    c.vls_train.validate_every = 3;
     c
 }
 

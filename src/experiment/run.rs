@@ -321,6 +321,9 @@ impl<'a> Experiment<'a> {
             let at = body.find("\n## Dice per class").unwrap_or(body.len());
             body.insert_str(at, &section);
         }
+        let conv = convergence_section(&summaries);
+        let at = body.find("\n## Configuration").unwrap_or(body.len());
+        body.insert_str(at, &conv);
         markdown.push_str(&body);
         calseg_io::atomic::write_atomic(&self.out.join("results.md"), markdown.as_bytes())?;
         if let Some((rel, pan)) = first_seed {
@@ -505,17 +508,28 @@ impl<'a> Experiment<'a> {
                     tuned.insert("ce+ts.temperature".into(), json!(t));
                     let mut r = self.score(name, &net.model, Some(t), p, net.seconds)?;
                     r.result.extra.insert("temperature".into(), t);
+                    convergence(&mut r, "", &dir.join("models").join("ce"));
                     r
                 }
                 Reported::Method(MethodId::Calseg) => {
                     let run = self.calseg(p, seed, dir)?;
                     quality = self.soft_label_quality(p, &run)?;
                     tuned.insert("calseg".into(), self.calseg_info(p, &run)?);
-                    self.score(name, &run.net.model, None, p, run.train_seconds())?
+                    let mut r = self.score(name, &run.net.model, None, p, run.train_seconds())?;
+                    let net = if run.sweep.len() > 1 {
+                        format!("calseg_a{}_t{}", run.choice.alpha, run.choice.tau)
+                    } else {
+                        "calseg".to_string()
+                    };
+                    convergence(&mut r, "", &dir.join("models").join(net));
+                    convergence(&mut r, "smoother_", &dir.join("vls"));
+                    r
                 }
                 Reported::Method(m) => {
                     let net = self.seg_net(p, m, seed, dir)?;
-                    self.score(name, &net.model, None, p, net.seconds)?
+                    let mut r = self.score(name, &net.model, None, p, net.seconds)?;
+                    convergence(&mut r, "", &dir.join("models").join(m.name()));
+                    r
                 }
             };
             scored.push((name.to_string(), s));
@@ -806,6 +820,55 @@ impl<'a> Experiment<'a> {
         }
         Ok(())
     }
+}
+
+/// Records the validation-Dice plateau of the run in `dir` (its `train_log.jsonl`) as
+/// `{prefix}val_dice_final` and `{prefix}val_dice_gain_last_quarter` of the result
+/// (nothing when the run did not validate at least twice).
+fn convergence(r: &mut Scored, prefix: &str, dir: &Path) {
+    let p = calseg_seg::train::convergence::read_log(dir)
+        .ok()
+        .and_then(|logs| calseg_seg::train::convergence::plateau(&logs));
+    if let Some(p) = p {
+        let extra = &mut r.result.extra;
+        extra.insert(format!("{prefix}val_dice_final"), p.final_dice);
+        extra.insert(
+            format!("{prefix}val_dice_gain_last_quarter"),
+            p.gain_last_quarter,
+        );
+    }
+}
+
+/// The Markdown section on convergence: each method's final validation Dice (mean over
+/// seeds) and its gain over the last quarter of training (near 0: a plateau).
+fn convergence_section(methods: &[report::MethodSummary]) -> String {
+    let rows: Vec<String> = methods
+        .iter()
+        .filter_map(|m| {
+            let e = &m.mean.extra;
+            let (f, g) = (
+                e.get("val_dice_final")?,
+                e.get("val_dice_gain_last_quarter")?,
+            );
+            let smoother = match (
+                e.get("smoother_val_dice_final"),
+                e.get("smoother_val_dice_gain_last_quarter"),
+            ) {
+                (Some(sf), Some(sg)) => format!(" (smoother: {sf:.4}, {sg:+.4})"),
+                _ => String::new(),
+            };
+            Some(format!("| {} | {f:.4} | {g:+.4}{smoother} |", m.name))
+        })
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\n## Convergence\n\nMean foreground Dice on the validation part after the last epoch, and its gain over \
+         the last quarter of training (near 0: the budget reached a plateau).\n\n\
+         | Method | final validation Dice | gain, last quarter |\n|---|---:|---:|\n{}\n",
+        rows.join("\n")
+    )
 }
 
 /// The middle slice along `axis` of a 3D array (2D arrays are returned as they are).

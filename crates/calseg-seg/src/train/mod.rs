@@ -6,6 +6,7 @@
 //! variational label smoother of `calseg-vls` both implement [`Trainable`].
 
 pub mod checkpoint;
+pub mod convergence;
 pub mod data;
 pub mod trainer;
 
