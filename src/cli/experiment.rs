@@ -95,6 +95,10 @@ pub struct DemoArgs {
     /// Number of seeds.
     #[arg(long, default_value_t = 1)]
     seeds: usize,
+    /// Comma-separated methods (default: all of ce,ls,focal,svls,mbls,nacl,calseg). A
+    /// later run into the same `--out` with more methods reuses the nets already trained.
+    #[arg(long, value_delimiter = ',')]
+    methods: Option<Vec<MethodId>>,
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
@@ -116,6 +120,9 @@ pub fn demo(args: DemoArgs) -> CliResult {
     };
     cfg.seed = args.seed;
     cfg.seeds = args.seeds;
+    if let Some(m) = args.methods {
+        cfg.methods = m;
+    }
     let progress = StderrProgress;
     let mut exp =
         Experiment::new(&ds, cfg, &args.out, Masks::Shared(mask), &progress)?.quiet(args.quiet);
