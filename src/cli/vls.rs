@@ -7,7 +7,10 @@ use super::train::{TrainFlags, bad, failed, layouts, open_dataset, seg_err, trai
 use super::{CliError, CliResult};
 use calseg_io::Case;
 use calseg_seg::train::{SetOptions, TargetSource, TrainSet};
-use calseg_vls::smooth::{LatentSource, SmoothConfig, SmoothStats, smooth_case, write_soft_labels};
+use calseg_vls::smooth::{
+    CALIBRATION_FILE, Calibration, LatentSource, SmoothConfig, SmoothStats, calibrate_temperature,
+    smooth_case, write_soft_labels,
+};
 use calseg_vls::{VlsConfig, VlsError, VlsModel};
 use candle_core::Device;
 use clap::{Args, Subcommand, ValueEnum};
@@ -73,6 +76,14 @@ pub struct VlsTrainArgs {
     /// Axis of the slice-wise validation split (fewer than 5 training cases).
     #[arg(long, default_value_t = 2)]
     axis: usize,
+    /// Label-noise likelihood: σ of the SVLS kernel (3×3 in-plane for --dims 2,
+    /// 3×3×3 for --dims 3) applied to the one-hot target of the segmentation head
+    /// (0 = the paper's hard target).
+    #[arg(long, default_value_t = VlsConfig::default().target_sigma)]
+    target_sigma: f64,
+    /// Latent samples m of the validation soft labels used to calibrate τ.
+    #[arg(long, default_value_t = 16)]
+    calib_samples: usize,
 }
 
 /// Latent samples from the posterior q(z|x,y) or the prior N(0, I).
@@ -100,10 +111,11 @@ pub struct VlsSmoothArgs {
     /// Latent samples m averaged into y_s (≥ 1).
     #[arg(long, default_value_t = 16)]
     samples: usize,
-    /// Temperature τ > 0 of y_s (τ < 1 sharpens). Default from the validation sweep on
-    /// the embedded brain (benches/RESULTS.md).
-    #[arg(long, default_value_t = 2.0)]
-    tau: f64,
+    /// Temperature τ > 0 of y_s (τ < 1 sharpens). Default: the τ calibrated on
+    /// validation data by `calseg vls train` (calibration.json of the model folder), or
+    /// the library default for a folder without one.
+    #[arg(long)]
+    tau: Option<f64>,
     /// Mixing weight α ∈ [0, 1]: Y_s = (1 − α)·onehot(y) + α·y_s^τ. Default from the
     /// validation sweep on the embedded brain (benches/RESULTS.md).
     #[arg(long, default_value_t = 0.25)]
@@ -157,6 +169,7 @@ fn train(args: VlsTrainArgs) -> CliResult {
         free_bits: args.free_bits,
         dice_weight: args.dice_weight,
         lambda_rec: args.lambda_rec,
+        target_sigma: args.target_sigma,
         ..VlsConfig::default()
     };
     cfg.validate().map_err(|e| {
@@ -190,6 +203,19 @@ fn train(args: VlsTrainArgs) -> CliResult {
     let model = VlsModel::new(&cfg, args.run.seed, &Device::Cpu).map_err(vls_err)?;
     let (report, secs) = args.run.fit(&model, &train, &val, &args.out)?;
     save_vls(&model, &args.out)?;
+    // The temperature of y_s, calibrated on the held-out part (hard labels only).
+    let t_cal = std::time::Instant::now();
+    let calib = calibrate_temperature(
+        &model,
+        &val_cases,
+        &SmoothConfig {
+            samples: args.calib_samples,
+            seed: args.run.seed,
+            ..SmoothConfig::default()
+        },
+    )
+    .map_err(vls_err)?;
+    calib.save(&args.out).map_err(failed)?;
     for e in &report.epochs {
         let kl: Vec<String> = (0..cfg.latent)
             .filter_map(|d| e.logs.get(&format!("kl_dim{d}")))
@@ -217,6 +243,16 @@ fn train(args: VlsTrainArgs) -> CliResult {
         report.epochs_done,
         secs,
         args.out.display()
+    );
+    println!(
+        "calibrated τ = {:.3} on {} validation voxels (cross-entropy to the label-noise target \
+         {:.4} → {:.4} nats; {:.1} s); written to {}",
+        calib.tau,
+        calib.voxels,
+        calib.ce_at_one,
+        calib.ce,
+        t_cal.elapsed().as_secs_f64(),
+        args.out.join(CALIBRATION_FILE).display()
     );
     Ok(())
 }
@@ -250,9 +286,16 @@ fn parse_shard(s: &str) -> Result<(usize, usize), CliError> {
 
 fn smooth(args: VlsSmoothArgs) -> CliResult {
     let (shard, shards) = parse_shard(&args.shard)?;
+    let model = load_vls(&args.model)?;
+    let tau = match args.tau {
+        Some(t) => t,
+        None => Calibration::load(&args.model)
+            .map_err(bad)?
+            .map_or(SmoothConfig::default().tau, |c| c.tau),
+    };
     let sc = SmoothConfig {
         samples: args.samples,
-        tau: args.tau,
+        tau,
         alpha: args.alpha,
         from: match args.from {
             FromArg::Posterior => LatentSource::Posterior,
@@ -262,7 +305,6 @@ fn smooth(args: VlsSmoothArgs) -> CliResult {
         batch: args.batch,
     };
     sc.validate().map_err(|e| bad(format!("options: {e}")))?;
-    let model = load_vls(&args.model)?;
     let mc = model.config().clone();
     let ds = open_dataset(&args.data)?;
     let (ds_channels, ds_classes) = (ds.info().channel_names.len(), ds.info().num_classes());

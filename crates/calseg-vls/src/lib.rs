@@ -85,4 +85,7 @@ pub use error::{Result, VlsError};
 pub use model::{
     ACTIVE_KL, CONFIG_FILE, LatentMode, Posterior, VlsConfig, VlsModel, VlsOutput, WEIGHTS_FILE,
 };
-pub use smooth::{LatentSource, SmoothConfig, SmoothStats, SoftLabels};
+pub use smooth::{
+    CALIBRATION_FILE, Calibration, LatentSource, SmoothConfig, SmoothStats, SoftLabels,
+    calibrate_temperature,
+};

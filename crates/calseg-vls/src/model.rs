@@ -104,6 +104,14 @@ pub struct VlsConfig {
     pub logvar_clamp: [f64; 2],
     /// Global or spatial latent. Default global.
     pub latent_mode: LatentMode,
+    /// Label-noise likelihood of the segmentation head: σ of the SVLS kernel (3^d
+    /// neighbourhood) applied to the one-hot target before the CE and Dice terms,
+    /// `target = ½·y(c) + ½·Σ_{n≠c} w_n·y(n)`, `w_n ∝ exp(−|n−c|²/2σ²)`
+    /// ([`calseg_seg::loss::svls_smooth`]; in-plane for a 2D model). It models the
+    /// observed hard label at a boundary voxel as a noisy draw of the tissue around it,
+    /// so the head learns `E[smoothed label | image]` instead of the step function of
+    /// the hard labels. 0 = the paper's hard one-hot target.
+    pub target_sigma: f64,
 }
 
 impl Default for VlsConfig {
@@ -127,6 +135,7 @@ impl Default for VlsConfig {
             kl_warmup_epochs: 5,
             logvar_clamp: [-10.0, 10.0],
             latent_mode: LatentMode::Global,
+            target_sigma: 0.0,
         }
     }
 }
@@ -158,6 +167,7 @@ impl VlsConfig {
             ("beta", self.beta),
             ("lambda_rec", self.lambda_rec),
             ("dice_weight", self.dice_weight),
+            ("target_sigma", self.target_sigma),
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return bad(format!("{name} must be finite and ≥ 0, got {v}"));
@@ -666,8 +676,9 @@ impl VlsModel {
         rng: &mut StdRng,
     ) -> Result<LossParts> {
         let out = self.forward(&batch.image, &batch.labels, rng)?;
-        let ce = calseg_seg::loss::soft_ce(&out.seg_logits, &batch.target)?;
-        let dice = SoftDice::default().forward(&out.seg_logits, &batch.target)?;
+        let target = self.noisy_target(&batch.target)?;
+        let ce = calseg_seg::loss::soft_ce(&out.seg_logits, &target)?;
+        let dice = SoftDice::default().forward(&out.seg_logits, &target)?;
         let seg = (&ce + (&dice * self.cfg.dice_weight)?)?;
         let x01 = minmax01(&batch.image)?;
         let mse = (&out.recon - &x01)?.sqr()?.mean_all()?;
@@ -685,6 +696,21 @@ impl VlsModel {
             kl_per_dim,
             beta,
         })
+    }
+
+    /// The segmentation head's training target for a one-hot (or soft) target
+    /// `(n, K, *sp)`: the SVLS smoothing of [`VlsConfig::target_sigma`] (3^d kernel,
+    /// replicate padding), or the target itself when σ = 0.
+    pub fn noisy_target(&self, target: &Tensor) -> Result<Tensor> {
+        if self.cfg.target_sigma > 0.0 {
+            Ok(calseg_seg::loss::svls_smooth(
+                target,
+                3,
+                self.cfg.target_sigma,
+            )?)
+        } else {
+            Ok(target.clone())
+        }
     }
 
     /// Mean KL per latent dimension accumulated since the last [`Trainable::end_epoch`]
