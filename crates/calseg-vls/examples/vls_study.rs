@@ -77,6 +77,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         dice_weight: dice,
         latent_mode: mode,
         target_sigma: sigma,
+        volume_target: get("vol", "0") == "1",
         ..VlsConfig::default()
     };
     println!("config: {}", serde_json::to_string(&cfg)?);
@@ -90,18 +91,47 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         (Layout::Whole, Layout::Whole)
     };
+    // The label-noise target over the volume (volume_target) is supplied as the soft
+    // target of the slices; otherwise the model smooths one-hot targets itself.
+    let probe = VlsModel::new(&cfg, seed, &Device::Cpu)?;
+    let with_target = |c: &calseg_io::Case| -> Result<calseg_io::Case, Box<dyn std::error::Error>> {
+        let mut c = c.clone();
+        c.soft_label = if cfg.volume_target && dims == 2 {
+            Some(calseg_vls::smooth::noise_target(
+                &probe,
+                c.label.as_ref().ok_or("no labels")?,
+            )?)
+        } else {
+            None
+        };
+        Ok(c)
+    };
+    let (case, train_case, val_case) = (
+        with_target(&case)?,
+        with_target(&train_case)?,
+        with_target(&val_case)?,
+    );
+    let targets = if cfg.volume_target && dims == 2 {
+        TargetSource::CaseSoft
+    } else {
+        TargetSource::OneHot
+    };
     let build = |c: &calseg_io::Case, layout: Layout| {
         TrainSet::build(
             std::slice::from_ref(c),
             &SetOptions {
                 classes: cfg.classes,
-                targets: TargetSource::OneHot,
+                targets: targets.clone(),
                 layout,
                 multiple: cfg.multiple(),
             },
         )
     };
-    let crossfit = get("crossfit", "0") == "1";
+    // crossfit=1: two slabs [0, cut/2), [cut/2, cut); crossfit=2: even / odd slices
+    // (2D only), each smoothed by the model trained on the other part.
+    let crossfit_mode = get("crossfit", "0");
+    let crossfit = crossfit_mode != "0";
+    let parity = crossfit_mode == "2";
     let half = cut / 2;
     let parts: Vec<calseg_io::Case> = if crossfit {
         vec![crop(&case, &bbox(0..half))?, crop(&case, &bbox(half..cut))?]
@@ -167,7 +197,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let cal1 = calibrate_temperature(&models[1], std::slice::from_ref(&val_case), &scfg)?;
         println!("calibration model 2: {}", serde_json::to_string(&cal1)?);
         for z in 0..nz {
-            let src = if z < half {
+            let first = if parity { z % 2 == 0 } else { z < half };
+            let src = if z < cut && first {
                 other.index_axis(Axis(3), z).to_owned()
             } else if z < cut {
                 soft.y_s.index_axis(Axis(3), z).to_owned()
@@ -177,6 +208,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             y_s.index_axis_mut(Axis(3), z).assign(&src);
         }
     }
+
+    // Cross-fitted calibration: every slice of the case is out-of-sample for the
+    // model that smoothed it, so τ can be fitted on all of them (hard labels only).
+    let cal_cf = if crossfit {
+        let items = [calseg_vls::smooth::CalibrationItem {
+            y_s: &y_s,
+            labels: &labels,
+            image: &case.image,
+        }];
+        let c = calseg_vls::smooth::calibrate_maps(model, &items, samples)?;
+        println!(
+            "cross-fitted calibration (all slices): {}",
+            serde_json::to_string(&c)?
+        );
+        Some(c)
+    } else {
+        None
+    };
 
     // ---- Evaluation only from here on: the oracle is read now. ----
     let truth = icbm152::true_probs()?.probs.into_f32();
@@ -206,8 +255,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("y_s (τ=1)".into(), y_s.clone()),
         (format!("y_s^τ* (τ*={:.3})", cal.tau), y_tau.clone()),
     ];
+    rows.push((
+        format!("Y_s α*={} τ* (calibrated)", cal.alpha),
+        mix(&labels.view(), &y_tau, cal.alpha)?,
+    ));
     for a in [0.25, 0.5, 0.75] {
         rows.push((format!("Y_s α={a} τ*"), mix(&labels.view(), &y_tau, a)?));
+    }
+    if let Some(c) = &cal_cf {
+        let yt = temperature(y_s, c.tau)?;
+        rows.push((format!("y_s^τcf (τcf={:.3})", c.tau), yt.clone()));
+        for a in [0.5, 0.75] {
+            rows.push((format!("Y_s α={a} τcf"), mix(&labels.view(), &yt, a)?));
+        }
     }
     rows.push((
         "Y_s α=0.25 τ=2 (old)".into(),

@@ -59,7 +59,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .find(|(n, _)| n == "soft_labels")
             .ok_or("no soft_labels tensor")?
             .1
-            .into_f32();
+            .to_f32();
         rows.push((d.clone(), t));
     }
     print!("{:28}", "TV in brain mask");

@@ -110,8 +110,17 @@ pub struct VlsConfig {
     /// ([`calseg_seg::loss::svls_smooth`]; in-plane for a 2D model). It models the
     /// observed hard label at a boundary voxel as a noisy draw of the tissue around it,
     /// so the head learns `E[smoothed label | image]` instead of the step function of
-    /// the hard labels. 0 = the paper's hard one-hot target.
+    /// the hard labels. 0 = the paper's hard one-hot target. Default 1 (the SVLS
+    /// literature's σ): measured on ICBM152 (crate README) it is what brings `y_s`
+    /// below SVLS.
     pub target_sigma: f64,
+    /// For a 2D model trained on slices of volumes: take the label-noise target over the
+    /// volume (3×3×3, the slice's neighbours above and below count) instead of in-plane.
+    /// The data pipeline must then supply it as the soft target
+    /// ([`crate::smooth::noise_target`]; `calseg vls train` does), since a batch of
+    /// slices cannot see its neighbours; a one-hot batch is still smoothed in-plane.
+    /// Default false.
+    pub volume_target: bool,
 }
 
 impl Default for VlsConfig {
@@ -135,7 +144,8 @@ impl Default for VlsConfig {
             kl_warmup_epochs: 5,
             logvar_clamp: [-10.0, 10.0],
             latent_mode: LatentMode::Global,
-            target_sigma: 0.0,
+            target_sigma: 1.0,
+            volume_target: false,
         }
     }
 }
@@ -700,9 +710,15 @@ impl VlsModel {
 
     /// The segmentation head's training target for a one-hot (or soft) target
     /// `(n, K, *sp)`: the SVLS smoothing of [`VlsConfig::target_sigma`] (3^d kernel,
-    /// replicate padding), or the target itself when σ = 0.
+    /// replicate padding) of a one-hot target; the target itself when σ = 0 or when it
+    /// is already soft (some value strictly between 0 and 1: a data pipeline smoothed it
+    /// already, e.g. in 3D over the volume with [`crate::smooth::noise_target`]).
     pub fn noisy_target(&self, target: &Tensor) -> Result<Tensor> {
-        if self.cfg.target_sigma > 0.0 {
+        let soft = || -> Result<bool> {
+            let inside = target.gt(0.0)?.mul(&target.lt(1.0)?)?;
+            Ok(inside.flatten_all()?.max(0)?.to_scalar::<u8>()? > 0)
+        };
+        if self.cfg.target_sigma > 0.0 && !soft()? {
             Ok(calseg_seg::loss::svls_smooth(
                 target,
                 3,

@@ -531,6 +531,17 @@ pub struct Calibration {
     pub voxels: usize,
     /// Latent samples m of the validation `y_s`.
     pub samples: usize,
+    /// The mixing weight α* chosen after τ*: the argmin over α ∈ {0, 0.05, …, 1} of the
+    /// same validation cross-entropy of `Y_s = (1−α)·onehot(y) + α·y_s^τ*`.
+    #[serde(default = "one")]
+    pub alpha: f64,
+    /// Validation cross-entropy of `Y_s` at (α*, τ*).
+    #[serde(default)]
+    pub ce_mix: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 impl Calibration {
@@ -554,11 +565,12 @@ impl Calibration {
             .map_err(|e| VlsError::Config(format!("{}: cannot read: {e}", path.display())))?;
         let c: Calibration = serde_json::from_str(&text)
             .map_err(|e| VlsError::Config(format!("{}: not a calibration: {e}", path.display())))?;
-        if !(c.tau.is_finite() && c.tau > 0.0) {
+        if !(c.tau.is_finite() && c.tau > 0.0 && (0.0..=1.0).contains(&c.alpha)) {
             return Err(VlsError::Config(format!(
-                "{}: tau must be finite and > 0, got {}",
+                "{}: need a finite tau > 0 and alpha in [0, 1], got tau {}, alpha {}",
                 path.display(),
-                c.tau
+                c.tau,
+                c.alpha
             )));
         }
         Ok(Some(c))
@@ -577,7 +589,7 @@ pub fn noise_target(model: &VlsModel, labels: &ArrayD<u32>) -> Result<ArrayD<f32
     }
     let nd = labels.ndim();
     let dev = candle_core::Device::Cpu;
-    if mc.dims == 2 && nd == 3 {
+    if mc.dims == 2 && nd == 3 && !mc.volume_target {
         // (K, X, Y, Z) → (Z, K, X, Y), smooth in-plane, back.
         let stack = oh.view().permuted_axes(IxDyn(&[3, 0, 1, 2]));
         let t = array_to_tensor(stack.as_standard_layout().view(), &dev)?;
@@ -586,8 +598,11 @@ pub fn noise_target(model: &VlsModel, labels: &ArrayD<u32>) -> Result<ArrayD<f32
             .as_standard_layout()
             .into_owned())
     } else {
+        // The model's own dimensionality, or the whole volume (3×3×3) for a 2D model
+        // with `volume_target`.
         let t = array_to_tensor(oh.view().insert_axis(Axis(0)), &dev)?;
-        let s: ArrayD<f32> = calseg_seg::convert::tensor_to_array(&model.noisy_target(&t)?)?;
+        let t = calseg_seg::loss::svls_smooth(&t, 3, mc.target_sigma)?;
+        let s: ArrayD<f32> = calseg_seg::convert::tensor_to_array(&t)?;
         Ok(s.index_axis_move(Axis(0), 0))
     }
 }
@@ -613,9 +628,7 @@ pub fn calibrate_temperature(
     cfg: &SmoothConfig,
 ) -> Result<Calibration> {
     cfg.validate()?;
-    let k = model.config().classes;
-    // Per selected voxel: K log-probabilities and K target weights.
-    let (mut logs, mut targets) = (Vec::<f64>::new(), Vec::<f64>::new());
+    let mut maps = Vec::with_capacity(cases.len());
     for case in cases {
         let labels = case.label.as_ref().ok_or_else(|| {
             VlsError::Config(format!(
@@ -628,23 +641,88 @@ pub fn calibrate_temperature(
         let mut c = cfg.clone();
         c.seed = case_seed(cfg.seed, &case.id);
         let (y_s, _) = smooth_volume(model, &image, labels, &c)?;
+        maps.push(y_s);
+    }
+    let items: Vec<CalibrationItem<'_>> = cases
+        .iter()
+        .zip(&maps)
+        .filter_map(|(c, y)| {
+            c.label.as_ref().map(|l| CalibrationItem {
+                y_s: y,
+                labels: l,
+                image: &c.image,
+            })
+        })
+        .collect();
+    calibrate_maps(model, &items, cfg.samples)
+}
+
+/// One held-out map for [`calibrate_maps`]: the smoother's `y_s (K, *spatial)`, the hard
+/// labels `(*spatial)` and the image `(C, *spatial)` (only its nonzero voxels matter).
+#[derive(Clone, Copy, Debug)]
+pub struct CalibrationItem<'a> {
+    /// `y_s` of the voxels, from a smoother that did not train on them.
+    pub y_s: &'a ArrayD<f32>,
+    /// Hard labels.
+    pub labels: &'a ArrayD<u32>,
+    /// Image (raw or normalised: only `≠ 0` is read).
+    pub image: &'a ArrayD<f32>,
+}
+
+/// [`calibrate_temperature`] on `y_s` maps computed elsewhere (e.g. cross-fitted ones:
+/// each part smoothed by a model that did not train on it). `samples` is recorded only.
+pub fn calibrate_maps(
+    model: &VlsModel,
+    items: &[CalibrationItem<'_>],
+    samples: usize,
+) -> Result<Calibration> {
+    let k = model.config().classes;
+    // Per selected voxel: K log-probabilities and K target weights.
+    let (mut logs, mut targets) = (Vec::<f64>::new(), Vec::<f64>::new());
+    let mut hard = Vec::<usize>::new();
+    let mut neighbours = Vec::<f64>::new();
+    let sigma = model.config().target_sigma;
+    for it in items {
+        let labels = it.labels;
+        if it.y_s.ndim() < 2
+            || it.y_s.shape()[0] != k
+            || it.y_s.shape()[1..] != *labels.shape()
+            || it.image.ndim() < 2
+            || it.image.shape()[1..] != *labels.shape()
+        {
+            return Err(VlsError::Shape(format!(
+                "calibration maps do not match: y_s {:?}, labels {:?}, image {:?}",
+                it.y_s.shape(),
+                labels.shape(),
+                it.image.shape()
+            )));
+        }
         let t = noise_target(model, labels)?;
         let v = labels.len();
-        let (ys, ts) = (y_s.as_standard_layout(), t.as_standard_layout());
-        let (Some(ys), Some(ts)) = (ys.as_slice(), ts.as_slice()) else {
+        let (ys, ts) = (it.y_s.as_standard_layout(), t.as_standard_layout());
+        let img = it.image.as_standard_layout();
+        let (Some(ys), Some(ts), Some(img)) = (ys.as_slice(), ts.as_slice(), img.as_slice()) else {
             return Err(VlsError::Shape("maps not contiguous".into()));
         };
-        let img = case.image.as_standard_layout();
-        let img = img.as_slice().unwrap_or(&[]);
-        let chans = case.image.shape()[0];
+        let chans = it.image.shape()[0];
         for (i, &l) in labels.iter().enumerate() {
-            let nonzero = (0..chans).any(|ch| img.get(ch * v + i).is_some_and(|&x| x != 0.0));
+            let nonzero = (0..chans).any(|ch| img[ch * v + i] != 0.0);
             if l == 0 && !nonzero {
                 continue;
             }
+            hard.push(l as usize);
             for c in 0..k {
                 logs.push(f64::from(ys[c * v + i]).max(1e-30).ln());
                 targets.push(f64::from(ts[c * v + i]));
+                // The neighbours' share of the SVLS target, `N = 2·t − onehot(y)`
+                // (`N = onehot(y)` without smoothing): the labels the mix does not use.
+                let t = f64::from(ts[c * v + i]);
+                let own = if c == l as usize { 1.0 } else { 0.0 };
+                neighbours.push(if sigma > 0.0 {
+                    (2.0 * t - own).max(0.0)
+                } else {
+                    own
+                });
             }
         }
     }
@@ -701,13 +779,45 @@ pub fn calibrate_temperature(
         tau = grid[best].0.exp();
         best_ce = grid[best].1;
     }
+    // α* given τ*: CE of the mix with the one-hot labels, scored against the labels of
+    // the neighbours (the mix contains the voxel's own label already).
+    let ce_mix = |alpha: f64| -> f64 {
+        let total: f64 = logs
+            .par_chunks(k)
+            .zip(neighbours.par_chunks(k))
+            .zip(hard.par_iter())
+            .map(|((l, t), &y)| {
+                let mx = l.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b)) / tau;
+                let den: f64 = l.iter().map(|&x| (x / tau - mx).exp()).sum();
+                l.iter()
+                    .zip(t)
+                    .enumerate()
+                    .map(|(c, (&x, &w))| {
+                        let q = alpha * (x / tau - mx).exp() / den
+                            + if c == y { 1.0 - alpha } else { 0.0 };
+                        if w > 0.0 { -w * q.max(1e-30).ln() } else { 0.0 }
+                    })
+                    .sum::<f64>()
+            })
+            .sum();
+        total / n as f64
+    };
+    let (alpha, ce_at_alpha) = (0..=20)
+        .map(|i| {
+            let a = f64::from(i) / 20.0;
+            (a, ce_mix(a))
+        })
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap_or((1.0, best_ce));
     Ok(Calibration {
         tau,
+        alpha,
+        ce_mix: ce_at_alpha,
         ce: best_ce,
         ce_at_one: ce(1.0),
         target_sigma: model.config().target_sigma,
         voxels: n,
-        samples: cfg.samples,
+        samples,
     })
 }
 
