@@ -7,7 +7,10 @@ use super::train::{TrainFlags, bad, failed, layouts, open_dataset, seg_err, trai
 use super::{CliError, CliResult};
 use calseg_io::Case;
 use calseg_seg::train::{SetOptions, TargetSource, TrainSet};
-use calseg_vls::smooth::{LatentSource, SmoothConfig, SmoothStats, smooth_case, write_soft_labels};
+use calseg_vls::smooth::{
+    CALIBRATION_FILE, Calibration, LatentSource, SmoothConfig, SmoothStats, calibrate_temperature,
+    noise_target, smooth_case, write_soft_labels,
+};
 use calseg_vls::{VlsConfig, VlsError, VlsModel};
 use candle_core::Device;
 use clap::{Args, Subcommand, ValueEnum};
@@ -46,9 +49,9 @@ pub struct VlsTrainArgs {
     latent: usize,
     /// Training budget, seed and resume.
     #[command(flatten)]
-    run: TrainFlags,
+    run: VlsTrainFlags,
     /// Width of the trunk U-Net's first level.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 8)]
     base: usize,
     /// Poolings of the trunk U-Net.
     #[arg(long, default_value_t = 4)]
@@ -73,6 +76,62 @@ pub struct VlsTrainArgs {
     /// Axis of the slice-wise validation split (fewer than 5 training cases).
     #[arg(long, default_value_t = 2)]
     axis: usize,
+    /// Label-noise likelihood: σ of the SVLS kernel (3×3 in-plane for --dims 2,
+    /// 3×3×3 for --dims 3) applied to the one-hot target of the segmentation head
+    /// (0 = the paper's hard target).
+    #[arg(long, default_value_t = VlsConfig::default().target_sigma)]
+    target_sigma: f64,
+    /// With --dims 2 on volumes: take the label-noise target over the volume (3×3×3)
+    /// rather than in-plane (`true`/`false`).
+    #[arg(long, default_value_t = VlsConfig::default().volume_target, action = clap::ArgAction::Set)]
+    volume_target: bool,
+    /// Latent samples m of the validation soft labels used to calibrate τ.
+    #[arg(long, default_value_t = 16)]
+    calib_samples: usize,
+}
+
+/// The training flags of `calseg vls train`: those of `calseg train`, with the
+/// smoother's own defaults. 30 epochs at lr 3e-3 (≈ 270 AdamW steps of 8 slices on the
+/// embedded brain, ≈ 4–5 min on 2 cores): at the shared defaults (10 epochs, 1e-3, ≈ 90
+/// steps) the smoother is far from converged and its `y_s` is worse than SVLS
+/// (crate README, "Soft-label fidelity").
+#[derive(Args, Debug)]
+pub struct VlsTrainFlags {
+    /// Epochs.
+    #[arg(long, default_value_t = 30)]
+    epochs: usize,
+    /// Seed of the initial weights and of every random choice of the run.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Continue from the checkpoint in `--out` (same seed, batch size and iterations).
+    #[arg(long)]
+    resume: bool,
+    /// Samples per batch.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// AdamW learning rate.
+    #[arg(long, default_value_t = 3e-3)]
+    lr: f64,
+    /// Optimiser steps per epoch (default: one pass over the samples).
+    #[arg(long)]
+    iters_per_epoch: Option<usize>,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl VlsTrainFlags {
+    fn shared(&self) -> TrainFlags {
+        TrainFlags {
+            epochs: self.epochs,
+            seed: self.seed,
+            resume: self.resume,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            iters_per_epoch: self.iters_per_epoch,
+            quiet: self.quiet,
+        }
+    }
 }
 
 /// Latent samples from the posterior q(z|x,y) or the prior N(0, I).
@@ -100,14 +159,16 @@ pub struct VlsSmoothArgs {
     /// Latent samples m averaged into y_s (≥ 1).
     #[arg(long, default_value_t = 16)]
     samples: usize,
-    /// Temperature τ > 0 of y_s (τ < 1 sharpens). Default from the validation sweep on
-    /// the embedded brain (benches/RESULTS.md).
-    #[arg(long, default_value_t = 2.0)]
-    tau: f64,
-    /// Mixing weight α ∈ [0, 1]: Y_s = (1 − α)·onehot(y) + α·y_s^τ. Default from the
-    /// validation sweep on the embedded brain (benches/RESULTS.md).
-    #[arg(long, default_value_t = 0.25)]
-    alpha: f64,
+    /// Temperature τ > 0 of y_s (τ < 1 sharpens). Default: the τ calibrated on
+    /// validation data by `calseg vls train` (calibration.json of the model folder), or
+    /// the library default for a folder without one.
+    #[arg(long)]
+    tau: Option<f64>,
+    /// Mixing weight α ∈ [0, 1]: Y_s = (1 − α)·onehot(y) + α·y_s^τ. Default: the α
+    /// calibrated on validation data by `calseg vls train` (calibration.json), or the
+    /// library default for a folder without one.
+    #[arg(long)]
+    alpha: Option<f64>,
     /// Where the latent samples come from.
     #[arg(long, value_enum, default_value_t = FromArg::Posterior)]
     from: FromArg,
@@ -140,7 +201,8 @@ fn vls_err(e: VlsError) -> CliError {
 }
 
 fn train(args: VlsTrainArgs) -> CliResult {
-    args.run.check()?;
+    let run = args.run.shared();
+    run.check()?;
     let ds = open_dataset(&args.data)?;
     let cfg = VlsConfig {
         dims: args.dims,
@@ -154,6 +216,8 @@ fn train(args: VlsTrainArgs) -> CliResult {
         free_bits: args.free_bits,
         dice_weight: args.dice_weight,
         lambda_rec: args.lambda_rec,
+        target_sigma: args.target_sigma,
+        volume_target: args.volume_target,
         ..VlsConfig::default()
     };
     cfg.validate().map_err(|e| {
@@ -162,7 +226,7 @@ fn train(args: VlsTrainArgs) -> CliResult {
             args.data.join("dataset.json").display()
         ))
     })?;
-    let (train_cases, val_cases) = train_val_cases(&ds, args.axis, None)?;
+    let (mut train_cases, mut val_cases) = train_val_cases(&ds, args.axis, None)?;
     let nsp = train_cases
         .first()
         .map(|c| c.image.ndim().saturating_sub(1))
@@ -170,12 +234,28 @@ fn train(args: VlsTrainArgs) -> CliResult {
     // `smooth_case` runs a 2D model on volumes slice by slice along the last axis:
     // train it on those slices.
     let (train_layout, val_layout, _) = layouts(args.dims, nsp, nsp.saturating_sub(1), None)?;
+    // A 2D smoother with a volume label-noise target gets it as the slices' soft
+    // target (computed here from the hard labels; a batch of slices cannot see its
+    // neighbours); otherwise the model smooths the one-hot targets itself.
+    let volume_target = cfg.volume_target && cfg.dims == 2 && nsp == 3;
+    let model = VlsModel::new(&cfg, run.seed, &Device::Cpu).map_err(vls_err)?;
+    for c in train_cases.iter_mut().chain(val_cases.iter_mut()) {
+        c.soft_label = match (&c.label, volume_target) {
+            (Some(l), true) => Some(noise_target(&model, l).map_err(vls_err)?),
+            _ => None,
+        };
+    }
+    let targets = if volume_target {
+        TargetSource::CaseSoft
+    } else {
+        TargetSource::OneHot
+    };
     let build = |cases: &[Case], layout| {
         TrainSet::build(
             cases,
             &SetOptions {
                 classes: cfg.classes,
-                targets: TargetSource::OneHot,
+                targets: targets.clone(),
                 layout,
                 multiple: cfg.multiple(),
             },
@@ -184,9 +264,21 @@ fn train(args: VlsTrainArgs) -> CliResult {
     };
     let train = build(&train_cases, train_layout)?;
     let val = build(&val_cases, val_layout)?;
-    let model = VlsModel::new(&cfg, args.run.seed, &Device::Cpu).map_err(vls_err)?;
-    let (report, secs) = args.run.fit(&model, &train, &val, &args.out)?;
+    let (report, secs) = run.fit(&model, &train, &val, &args.out)?;
     save_vls(&model, &args.out)?;
+    // The temperature of y_s, calibrated on the held-out part (hard labels only).
+    let t_cal = std::time::Instant::now();
+    let calib = calibrate_temperature(
+        &model,
+        &val_cases,
+        &SmoothConfig {
+            samples: args.calib_samples,
+            seed: run.seed,
+            ..SmoothConfig::default()
+        },
+    )
+    .map_err(vls_err)?;
+    calib.save(&args.out).map_err(failed)?;
     for e in &report.epochs {
         let kl: Vec<String> = (0..cfg.latent)
             .filter_map(|d| e.logs.get(&format!("kl_dim{d}")))
@@ -214,6 +306,18 @@ fn train(args: VlsTrainArgs) -> CliResult {
         report.epochs_done,
         secs,
         args.out.display()
+    );
+    println!(
+        "calibrated on {} validation voxels: τ = {:.3} (cross-entropy to the label-noise \
+         target {:.4} → {:.4} nats), α = {} ({:.4} nats; {:.1} s); written to {}",
+        calib.voxels,
+        calib.tau,
+        calib.ce_at_one,
+        calib.ce,
+        calib.alpha,
+        calib.ce_mix,
+        t_cal.elapsed().as_secs_f64(),
+        args.out.join(CALIBRATION_FILE).display()
     );
     Ok(())
 }
@@ -247,10 +351,19 @@ fn parse_shard(s: &str) -> Result<(usize, usize), CliError> {
 
 fn smooth(args: VlsSmoothArgs) -> CliResult {
     let (shard, shards) = parse_shard(&args.shard)?;
+    let model = load_vls(&args.model)?;
+    let calib = Calibration::load(&args.model).map_err(bad)?;
+    let defaults = SmoothConfig::default();
+    let tau = args
+        .tau
+        .unwrap_or_else(|| calib.as_ref().map_or(defaults.tau, |c| c.tau));
+    let alpha = args
+        .alpha
+        .unwrap_or_else(|| calib.as_ref().map_or(defaults.alpha, |c| c.alpha));
     let sc = SmoothConfig {
         samples: args.samples,
-        tau: args.tau,
-        alpha: args.alpha,
+        tau,
+        alpha,
         from: match args.from {
             FromArg::Posterior => LatentSource::Posterior,
             FromArg::Prior => LatentSource::Prior,
@@ -259,7 +372,6 @@ fn smooth(args: VlsSmoothArgs) -> CliResult {
         batch: args.batch,
     };
     sc.validate().map_err(|e| bad(format!("options: {e}")))?;
-    let model = load_vls(&args.model)?;
     let mc = model.config().clone();
     let ds = open_dataset(&args.data)?;
     let (ds_channels, ds_classes) = (ds.info().channel_names.len(), ds.info().num_classes());

@@ -86,4 +86,7 @@ pub use model::{
 pub use pipeline::{
     Calseg, CalsegConfig, CalsegRun, MixChoice, Sweep, SweepPoint, TrainedSmoother, ValScores,
 };
-pub use smooth::{LatentSource, SmoothConfig, SmoothStats, SoftLabels};
+pub use smooth::{
+    CALIBRATION_FILE, Calibration, LatentSource, SmoothConfig, SmoothStats, SoftLabels,
+    calibrate_temperature,
+};

@@ -104,6 +104,23 @@ pub struct VlsConfig {
     pub logvar_clamp: [f64; 2],
     /// Global or spatial latent. Default global.
     pub latent_mode: LatentMode,
+    /// Label-noise likelihood of the segmentation head: σ of the SVLS kernel (3^d
+    /// neighbourhood) applied to the one-hot target before the CE and Dice terms,
+    /// `target = ½·y(c) + ½·Σ_{n≠c} w_n·y(n)`, `w_n ∝ exp(−|n−c|²/2σ²)`
+    /// ([`calseg_seg::loss::svls_smooth`]; in-plane for a 2D model). It models the
+    /// observed hard label at a boundary voxel as a noisy draw of the tissue around it,
+    /// so the head learns `E[smoothed label | image]` instead of the step function of
+    /// the hard labels. 0 = the paper's hard one-hot target. Default 1 (the SVLS
+    /// literature's σ): measured on ICBM152 (crate README) it is what brings `y_s`
+    /// below SVLS.
+    pub target_sigma: f64,
+    /// For a 2D model trained on slices of volumes: take the label-noise target over the
+    /// volume (3×3×3, the slice's neighbours above and below count) instead of in-plane.
+    /// The data pipeline must then supply it as the soft target
+    /// ([`crate::smooth::noise_target`]; `calseg vls train` does), since a batch of
+    /// slices cannot see its neighbours; a one-hot batch is still smoothed in-plane.
+    /// Default false.
+    pub volume_target: bool,
 }
 
 impl Default for VlsConfig {
@@ -127,6 +144,8 @@ impl Default for VlsConfig {
             kl_warmup_epochs: 5,
             logvar_clamp: [-10.0, 10.0],
             latent_mode: LatentMode::Global,
+            target_sigma: 1.0,
+            volume_target: false,
         }
     }
 }
@@ -158,6 +177,7 @@ impl VlsConfig {
             ("beta", self.beta),
             ("lambda_rec", self.lambda_rec),
             ("dice_weight", self.dice_weight),
+            ("target_sigma", self.target_sigma),
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return bad(format!("{name} must be finite and ≥ 0, got {v}"));
@@ -666,8 +686,9 @@ impl VlsModel {
         rng: &mut StdRng,
     ) -> Result<LossParts> {
         let out = self.forward(&batch.image, &batch.labels, rng)?;
-        let ce = calseg_seg::loss::soft_ce(&out.seg_logits, &batch.target)?;
-        let dice = SoftDice::default().forward(&out.seg_logits, &batch.target)?;
+        let target = self.noisy_target(&batch.target)?;
+        let ce = calseg_seg::loss::soft_ce(&out.seg_logits, &target)?;
+        let dice = SoftDice::default().forward(&out.seg_logits, &target)?;
         let seg = (&ce + (&dice * self.cfg.dice_weight)?)?;
         let x01 = minmax01(&batch.image)?;
         let mse = (&out.recon - &x01)?.sqr()?.mean_all()?;
@@ -685,6 +706,27 @@ impl VlsModel {
             kl_per_dim,
             beta,
         })
+    }
+
+    /// The segmentation head's training target for a one-hot (or soft) target
+    /// `(n, K, *sp)`: the SVLS smoothing of [`VlsConfig::target_sigma`] (3^d kernel,
+    /// replicate padding) of a one-hot target; the target itself when σ = 0 or when it
+    /// is already soft (some value strictly between 0 and 1: a data pipeline smoothed it
+    /// already, e.g. in 3D over the volume with [`crate::smooth::noise_target`]).
+    pub fn noisy_target(&self, target: &Tensor) -> Result<Tensor> {
+        let soft = || -> Result<bool> {
+            let inside = target.gt(0.0)?.mul(&target.lt(1.0)?)?;
+            Ok(inside.flatten_all()?.max(0)?.to_scalar::<u8>()? > 0)
+        };
+        if self.cfg.target_sigma > 0.0 && !soft()? {
+            Ok(calseg_seg::loss::svls_smooth(
+                target,
+                3,
+                self.cfg.target_sigma,
+            )?)
+        } else {
+            Ok(target.clone())
+        }
     }
 
     /// Mean KL per latent dimension accumulated since the last [`Trainable::end_epoch`]

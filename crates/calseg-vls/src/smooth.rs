@@ -512,6 +512,315 @@ pub fn write_soft_labels(
     Ok((st, nii))
 }
 
+/// The file of a VLS model folder that holds its validation-calibrated temperature
+/// ([`Calibration::save`]); `calseg vls smooth` uses its τ unless `--tau` is given.
+pub const CALIBRATION_FILE: &str = "calibration.json";
+
+/// A temperature chosen on held-out (validation) data: see [`calibrate_temperature`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    /// The chosen temperature τ* (the argmin of the validation cross-entropy).
+    pub tau: f64,
+    /// Validation cross-entropy (nats per voxel) at τ*.
+    pub ce: f64,
+    /// Validation cross-entropy at τ = 1 (the uncalibrated `y_s`).
+    pub ce_at_one: f64,
+    /// σ of the label-noise target the cross-entropy was taken against (0 = one-hot).
+    pub target_sigma: f64,
+    /// Validation voxels used (nonzero image or foreground label).
+    pub voxels: usize,
+    /// Latent samples m of the validation `y_s`.
+    pub samples: usize,
+    /// The mixing weight α* chosen after τ*: the argmin over α ∈ {0, 0.05, …, 1} of the
+    /// same validation cross-entropy of `Y_s = (1−α)·onehot(y) + α·y_s^τ*`.
+    #[serde(default = "one")]
+    pub alpha: f64,
+    /// Validation cross-entropy of `Y_s` at (α*, τ*).
+    #[serde(default)]
+    pub ce_mix: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl Calibration {
+    /// Writes `dir/`[`CALIBRATION_FILE`] (atomically).
+    pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
+        let json = serde_json::to_string_pretty(self)
+            .map_err(|e| VlsError::Config(format!("cannot serialise the calibration: {e}")))?;
+        calseg_io::atomic::write_atomic(&dir.as_ref().join(CALIBRATION_FILE), json.as_bytes())?;
+        Ok(())
+    }
+
+    /// Reads `dir/`[`CALIBRATION_FILE`]: `Ok(None)` when the folder has none, a
+    /// [`VlsError::Config`] naming the file when it cannot be read or parsed or its τ
+    /// is not a finite positive number.
+    pub fn load(dir: impl AsRef<Path>) -> Result<Option<Self>> {
+        let path = dir.as_ref().join(CALIBRATION_FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| VlsError::Config(format!("{}: cannot read: {e}", path.display())))?;
+        let c: Calibration = serde_json::from_str(&text)
+            .map_err(|e| VlsError::Config(format!("{}: not a calibration: {e}", path.display())))?;
+        if !(c.tau.is_finite() && c.tau > 0.0 && (0.0..=1.0).contains(&c.alpha)) {
+            return Err(VlsError::Config(format!(
+                "{}: need a finite tau > 0 and alpha in [0, 1], got tau {}, alpha {}",
+                path.display(),
+                c.tau,
+                c.alpha
+            )));
+        }
+        Ok(Some(c))
+    }
+}
+
+/// The label-noise target of a label map `(*spatial)` for `model`: one-hot `(K,
+/// *spatial)` smoothed by [`VlsModel::noisy_target`] (SVLS with σ =
+/// [`VlsConfig::target_sigma`](crate::VlsConfig::target_sigma); in-plane, slice by slice
+/// along the last axis, for a 2D model on a 3D map).
+pub fn noise_target(model: &VlsModel, labels: &ArrayD<u32>) -> Result<ArrayD<f32>> {
+    let mc = model.config();
+    let oh = crate::mix::one_hot(&labels.view(), mc.classes)?;
+    if mc.target_sigma <= 0.0 {
+        return Ok(oh);
+    }
+    let nd = labels.ndim();
+    let dev = candle_core::Device::Cpu;
+    if mc.dims == 2 && nd == 3 && !mc.volume_target {
+        // (K, X, Y, Z) → (Z, K, X, Y), smooth in-plane, back.
+        let stack = oh.view().permuted_axes(IxDyn(&[3, 0, 1, 2]));
+        let t = array_to_tensor(stack.as_standard_layout().view(), &dev)?;
+        let s: ArrayD<f32> = calseg_seg::convert::tensor_to_array(&model.noisy_target(&t)?)?;
+        Ok(s.permuted_axes(IxDyn(&[1, 2, 3, 0]))
+            .as_standard_layout()
+            .into_owned())
+    } else {
+        // The model's own dimensionality, or the whole volume (3×3×3) for a 2D model
+        // with `volume_target`.
+        let t = array_to_tensor(oh.view().insert_axis(Axis(0)), &dev)?;
+        let t = calseg_seg::loss::svls_smooth(&t, 3, mc.target_sigma)?;
+        let s: ArrayD<f32> = calseg_seg::convert::tensor_to_array(&t)?;
+        Ok(s.index_axis_move(Axis(0), 0))
+    }
+}
+
+/// Chooses the temperature of the smoother on held-out cases (hard labels only):
+///
+/// ```text
+/// CE(τ) = (1/|V|) Σ_{v∈V} −Σ_k t_{v,k} · log softmax(log y_s,v / τ)_k
+/// τ*    = argmin_{τ ∈ [0.1, 10]} CE(τ)
+/// ```
+///
+/// `y_s` is the smoother's soft label of each case (m = `cfg.samples`, `cfg.from`,
+/// seeded like [`smooth_case`]), `t` the label-noise target of the model
+/// ([`noise_target`]: the one-hot labels, or their SVLS smoothing when the model was
+/// trained on it), and `V` the voxels with a nonzero image value or a foreground label
+/// (the far background, where every method is certain, would only dilute the mean).
+/// Proper scoring: τ* makes `y_s^τ` neither over- nor under-confident on data the
+/// smoother did not fit. Search: a grid of 41 log-spaced τ, refined by golden-section
+/// search on `ln τ` around the best grid point.
+pub fn calibrate_temperature(
+    model: &VlsModel,
+    cases: &[Case],
+    cfg: &SmoothConfig,
+) -> Result<Calibration> {
+    cfg.validate()?;
+    let mut maps = Vec::with_capacity(cases.len());
+    for case in cases {
+        let labels = case.label.as_ref().ok_or_else(|| {
+            VlsError::Config(format!(
+                "case {:?} has no label map to calibrate on",
+                case.id
+            ))
+        })?;
+        let mut image = case.image.clone();
+        calseg_io::preprocess::zscore_nonzero(&mut image);
+        let mut c = cfg.clone();
+        c.seed = case_seed(cfg.seed, &case.id);
+        let (y_s, _) = smooth_volume(model, &image, labels, &c)?;
+        maps.push(y_s);
+    }
+    let items: Vec<CalibrationItem<'_>> = cases
+        .iter()
+        .zip(&maps)
+        .filter_map(|(c, y)| {
+            c.label.as_ref().map(|l| CalibrationItem {
+                y_s: y,
+                labels: l,
+                image: &c.image,
+            })
+        })
+        .collect();
+    calibrate_maps(model, &items, cfg.samples)
+}
+
+/// One held-out map for [`calibrate_maps`]: the smoother's `y_s (K, *spatial)`, the hard
+/// labels `(*spatial)` and the image `(C, *spatial)` (only its nonzero voxels matter).
+#[derive(Clone, Copy, Debug)]
+pub struct CalibrationItem<'a> {
+    /// `y_s` of the voxels, from a smoother that did not train on them.
+    pub y_s: &'a ArrayD<f32>,
+    /// Hard labels.
+    pub labels: &'a ArrayD<u32>,
+    /// Image (raw or normalised: only `≠ 0` is read).
+    pub image: &'a ArrayD<f32>,
+}
+
+/// [`calibrate_temperature`] on `y_s` maps computed elsewhere (e.g. cross-fitted ones:
+/// each part smoothed by a model that did not train on it). `samples` is recorded only.
+pub fn calibrate_maps(
+    model: &VlsModel,
+    items: &[CalibrationItem<'_>],
+    samples: usize,
+) -> Result<Calibration> {
+    let k = model.config().classes;
+    // Per selected voxel: K log-probabilities and K target weights.
+    let (mut logs, mut targets) = (Vec::<f64>::new(), Vec::<f64>::new());
+    let mut hard = Vec::<usize>::new();
+    let mut neighbours = Vec::<f64>::new();
+    let sigma = model.config().target_sigma;
+    for it in items {
+        let labels = it.labels;
+        if it.y_s.ndim() < 2
+            || it.y_s.shape()[0] != k
+            || it.y_s.shape()[1..] != *labels.shape()
+            || it.image.ndim() < 2
+            || it.image.shape()[1..] != *labels.shape()
+        {
+            return Err(VlsError::Shape(format!(
+                "calibration maps do not match: y_s {:?}, labels {:?}, image {:?}",
+                it.y_s.shape(),
+                labels.shape(),
+                it.image.shape()
+            )));
+        }
+        let t = noise_target(model, labels)?;
+        let v = labels.len();
+        let (ys, ts) = (it.y_s.as_standard_layout(), t.as_standard_layout());
+        let img = it.image.as_standard_layout();
+        let (Some(ys), Some(ts), Some(img)) = (ys.as_slice(), ts.as_slice(), img.as_slice()) else {
+            return Err(VlsError::Shape("maps not contiguous".into()));
+        };
+        let chans = it.image.shape()[0];
+        for (i, &l) in labels.iter().enumerate() {
+            let nonzero = (0..chans).any(|ch| img[ch * v + i] != 0.0);
+            if l == 0 && !nonzero {
+                continue;
+            }
+            hard.push(l as usize);
+            for c in 0..k {
+                logs.push(f64::from(ys[c * v + i]).max(1e-30).ln());
+                targets.push(f64::from(ts[c * v + i]));
+                // The neighbours' share of the SVLS target, `N = 2·t − onehot(y)`
+                // (`N = onehot(y)` without smoothing): the labels the mix does not use.
+                let t = f64::from(ts[c * v + i]);
+                let own = if c == l as usize { 1.0 } else { 0.0 };
+                neighbours.push(if sigma > 0.0 {
+                    (2.0 * t - own).max(0.0)
+                } else {
+                    own
+                });
+            }
+        }
+    }
+    let n = logs.len() / k.max(1);
+    if n == 0 {
+        return Err(VlsError::Config(
+            "no validation voxels (nonzero image or foreground label) to calibrate on".into(),
+        ));
+    }
+    let ce = |tau: f64| -> f64 {
+        let total: f64 = logs
+            .par_chunks(k)
+            .zip(targets.par_chunks(k))
+            .map(|(l, t)| {
+                let mx = l.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b)) / tau;
+                let lse = mx + l.iter().map(|&x| (x / tau - mx).exp()).sum::<f64>().ln();
+                l.iter()
+                    .zip(t)
+                    .map(|(&x, &w)| -w * (x / tau - lse))
+                    .sum::<f64>()
+            })
+            .sum();
+        total / n as f64
+    };
+    let (lo, hi) = (0.1f64.ln(), 10.0f64.ln());
+    let steps = 40;
+    let grid: Vec<(f64, f64)> = (0..=steps)
+        .map(|i| {
+            let u = lo + (hi - lo) * i as f64 / steps as f64;
+            (u, ce(u.exp()))
+        })
+        .collect();
+    let best = grid
+        .iter()
+        .enumerate()
+        .min_by(|a, b| a.1.1.total_cmp(&b.1.1))
+        .map_or(steps / 2, |(i, _)| i);
+    let (mut a, mut b) = (
+        grid[best.saturating_sub(1)].0,
+        grid[(best + 1).min(steps)].0,
+    );
+    let g = (5f64.sqrt() - 1.0) / 2.0;
+    for _ in 0..30 {
+        let (c1, c2) = (b - g * (b - a), a + g * (b - a));
+        if ce(c1.exp()) < ce(c2.exp()) {
+            b = c2;
+        } else {
+            a = c1;
+        }
+    }
+    let mut tau = ((a + b) / 2.0).exp();
+    let mut best_ce = ce(tau);
+    if grid[best].1 < best_ce {
+        tau = grid[best].0.exp();
+        best_ce = grid[best].1;
+    }
+    // α* given τ*: CE of the mix with the one-hot labels, scored against the labels of
+    // the neighbours (the mix contains the voxel's own label already).
+    let ce_mix = |alpha: f64| -> f64 {
+        let total: f64 = logs
+            .par_chunks(k)
+            .zip(neighbours.par_chunks(k))
+            .zip(hard.par_iter())
+            .map(|((l, t), &y)| {
+                let mx = l.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b)) / tau;
+                let den: f64 = l.iter().map(|&x| (x / tau - mx).exp()).sum();
+                l.iter()
+                    .zip(t)
+                    .enumerate()
+                    .map(|(c, (&x, &w))| {
+                        let q = alpha * (x / tau - mx).exp() / den
+                            + if c == y { 1.0 - alpha } else { 0.0 };
+                        if w > 0.0 { -w * q.max(1e-30).ln() } else { 0.0 }
+                    })
+                    .sum::<f64>()
+            })
+            .sum();
+        total / n as f64
+    };
+    let (alpha, ce_at_alpha) = (0..=20)
+        .map(|i| {
+            let a = f64::from(i) / 20.0;
+            (a, ce_mix(a))
+        })
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap_or((1.0, best_ce));
+    Ok(Calibration {
+        tau,
+        alpha,
+        ce_mix: ce_at_alpha,
+        ce: best_ce,
+        ce_at_one: ce(1.0),
+        target_sigma: model.config().target_sigma,
+        voxels: n,
+        samples,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::{exp_neg, sample_mean_var};

@@ -282,3 +282,83 @@ fn one_hot_and_mix_values() {
     assert_abs_diff_eq!(m[[1, 0]], 0.1, epsilon = 1e-6);
     assert!(one_hot(&lab.view(), 2).is_err());
 }
+
+/// The label-noise target: one-hot for σ = 0, the SVLS smoothing otherwise (a
+/// distribution per voxel, ½ on the label, in-plane for a 2D model on a 3D map).
+#[test]
+fn noise_target_is_svls_of_the_one_hot() {
+    let case = phantom_case(vec![12, 10, 6], 3);
+    let labels = case.label.clone().unwrap();
+    let hard = VlsModel::new(&tiny(2), 0, &Device::Cpu).unwrap();
+    let t0 = calseg_vls::smooth::noise_target(&hard, &labels).unwrap();
+    assert_eq!(t0, one_hot(&labels.view(), 3).unwrap());
+    for dims in [2, 3] {
+        let cfg = VlsConfig {
+            target_sigma: 1.0,
+            ..tiny(dims)
+        };
+        let m = VlsModel::new(&cfg, 0, &Device::Cpu).unwrap();
+        let t = calseg_vls::smooth::noise_target(&m, &labels).unwrap();
+        assert_eq!(t.shape(), &[3, 12, 10, 6]);
+        sums_to_one(&t);
+        for (i, &l) in labels.iter().enumerate() {
+            let v = labels.len();
+            let p = t.as_slice().unwrap()[l as usize * v + i];
+            assert!(p >= 0.5 - 1e-6, "labelled class keeps ≥ ½, got {p}");
+        }
+        // In-plane (2D) smoothing never mixes slices: a map whose slices differ only
+        // along z is unchanged by the 2D target.
+        if dims == 2 {
+            let mut lz = ArrayD::<u32>::zeros(IxDyn(&[8, 8, 4]));
+            for z in 0..4 {
+                lz.index_axis_mut(Axis(2), z).fill(z as u32 % 3);
+            }
+            let tz = calseg_vls::smooth::noise_target(&m, &lz).unwrap();
+            assert_eq!(tz, one_hot(&lz.view(), 3).unwrap());
+        }
+    }
+}
+
+/// The temperature calibrated on held-out cases: deterministic, in the search range,
+/// never worse than τ = 1 on its own objective, and saved/loaded with the model folder.
+#[test]
+fn calibrate_temperature_minimises_validation_ce_and_round_trips() {
+    let cfg = VlsConfig {
+        target_sigma: 1.0,
+        ..tiny(2)
+    };
+    let m = VlsModel::new(&cfg, 0, &Device::Cpu).unwrap();
+    let cases = [phantom_case(vec![16, 16, 3], 5)];
+    let sc = SmoothConfig {
+        samples: 4,
+        ..SmoothConfig::default()
+    };
+    let c = calseg_vls::calibrate_temperature(&m, &cases, &sc).unwrap();
+    let again = calseg_vls::calibrate_temperature(&m, &cases, &sc).unwrap();
+    assert_eq!(c, again);
+    assert!((0.1 - 1e-9..=10.0 + 1e-9).contains(&c.tau), "tau {}", c.tau);
+    assert!(c.ce <= c.ce_at_one + 1e-12);
+    assert!(c.voxels > 0 && c.samples == 4 && c.target_sigma == 1.0);
+    let dir = std::env::temp_dir().join(format!("calseg-vls-calib-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    assert_eq!(calseg_vls::Calibration::load(&dir).unwrap(), None);
+    c.save(&dir).unwrap();
+    assert_eq!(
+        calseg_vls::Calibration::load(&dir).unwrap(),
+        Some(c.clone())
+    );
+    let bad = serde_json::json!({"tau": -1.0, "ce": 0.0, "ce_at_one": 0.0, "target_sigma": 0.0, "voxels": 1, "samples": 1});
+    std::fs::write(dir.join(calseg_vls::CALIBRATION_FILE), bad.to_string()).unwrap();
+    assert!(matches!(
+        calseg_vls::Calibration::load(&dir),
+        Err(VlsError::Config(_))
+    ));
+    std::fs::remove_dir_all(&dir).ok();
+    // A case without labels is a configuration error, not a panic.
+    let mut unlabelled = phantom_case(vec![16, 16, 3], 6);
+    unlabelled.label = None;
+    assert!(matches!(
+        calseg_vls::calibrate_temperature(&m, &[unlabelled], &sc),
+        Err(VlsError::Config(_))
+    ));
+}
