@@ -14,7 +14,8 @@
 //! [loss]    # the losses' own defaults: ls_eps = 0.1, focal_gamma = 3, svls_sigma = 1, mbls_margin = 5, …, dice_weight = 0
 //! [vls]     # VlsConfig of the variational label smoother
 //! [vls_train]  # its TrainerConfig
-//! [calseg]  # samples = 16, tau = [2.0], alpha = [0.25], from = "posterior", dice_tolerance = 0.02; lists → sweep on validation
+//! [calseg]  # samples = 16, alpha = [0.5], calibrate = true (τ from the smoother calibrated on validation),
+//!           # tau = [2.0] (used when calibrate = false), from = "posterior", dice_tolerance = 0.02; lists → sweep on validation
 //! [eval]    # bins = 15, hd95 = true, mask = "brainmask.nii.gz" (file or folder of CASE.nii.gz)
 //! [eval.shift]  # bias = 0.4, gamma = 1.3, contrast = 0.85, noise = 0.04 (a synthetic scanner shift of the test part)
 //! ```
@@ -234,6 +235,8 @@ pub struct CalsegParams {
     pub from: LatentSource,
     /// How far below the best validation Dice a setting may fall and still be chosen.
     pub dice_tolerance: f64,
+    /// τ from the smoother calibrated on the validation part (then `tau` is not swept).
+    pub calibrate: bool,
 }
 
 impl Default for CalsegParams {
@@ -246,6 +249,7 @@ impl Default for CalsegParams {
             alpha: c.alpha,
             from: c.from,
             dice_tolerance: c.dice_tolerance,
+            calibrate: c.calibrate,
         }
     }
 }

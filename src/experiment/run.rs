@@ -469,6 +469,7 @@ impl<'a> Experiment<'a> {
             tau: c.tau.clone(),
             net: self.recipe(p, MethodId::Calseg),
             dice_tolerance: c.dice_tolerance,
+            calibrate: c.calibrate,
             bins: self.cfg.eval.bins,
         }
     }
@@ -605,16 +606,15 @@ impl<'a> Experiment<'a> {
         let mut stats = Vec::new();
         // The smoothing ran with α = 1, τ = 1 (y_s itself): restate flips and entropy for
         // the chosen mix; the sample variance does not depend on α and τ.
-        for (s, case) in run.soft_labels.iter().zip(&p.train) {
+        for ((s, case), soft) in run.soft_labels.iter().zip(&p.train).zip(&run.targets) {
             let mut st = serde_json::to_value(&s.stats).unwrap_or(Value::Null);
             if let (Some(labels), Value::Object(o)) = (&case.label, &mut st) {
                 let y_tau = mix::temperature(&s.y_s, tau)?;
-                let soft = mix::mix(&labels.view(), &y_tau, alpha)?;
                 o.insert(
                     "flipped_fraction".into(),
-                    json!(mix::label_disagreement(&soft, &labels.view())?),
+                    json!(mix::label_disagreement(soft, &labels.view())?),
                 );
-                o.insert("mean_entropy".into(), json!(mix::mean_entropy(&soft)?));
+                o.insert("mean_entropy".into(), json!(mix::mean_entropy(soft)?));
                 o.insert("mean_entropy_ys".into(), json!(mix::mean_entropy(&y_tau)?));
             }
             stats.push(st);
@@ -637,7 +637,13 @@ impl<'a> Experiment<'a> {
     fn soft_label_quality(&self, p: &Parts, run: &CalsegRun) -> Result<Value> {
         let (alpha, tau) = (run.choice.alpha, run.choice.tau);
         let mut rows: BTreeMap<String, (f64, usize)> = BTreeMap::new();
-        for ((c, s), part) in p.train.iter().zip(&run.soft_labels).zip(&p.plan.train) {
+        for (((c, s), part), soft) in p
+            .train
+            .iter()
+            .zip(&run.soft_labels)
+            .zip(&p.plan.train)
+            .zip(&run.targets)
+        {
             let (Some(truth), Some(labels)) = (&c.soft_label, &c.label) else {
                 continue;
             };
@@ -660,10 +666,17 @@ impl<'a> Experiment<'a> {
                 "VLS y_s",
                 calseg_vls::quality::tv_distance(&s.y_s, truth, mask.as_ref())?,
             );
-            let soft = mix::mix(&labels.view(), &mix::temperature(&s.y_s, tau)?, alpha)?;
             add(
-                &format!("VLS Y_s (α={alpha}, τ={tau})"),
-                calseg_vls::quality::tv_distance(&soft, truth, mask.as_ref())?,
+                &format!("VLS y_s^τ (τ={tau:.3})"),
+                calseg_vls::quality::tv_distance(
+                    &mix::temperature(&s.y_s, tau)?,
+                    truth,
+                    mask.as_ref(),
+                )?,
+            );
+            add(
+                &format!("VLS Y_s (α={alpha}, τ={tau:.3})"),
+                calseg_vls::quality::tv_distance(soft, truth, mask.as_ref())?,
             );
         }
         if rows.is_empty() {

@@ -40,7 +40,10 @@
 use crate::error::{Result, VlsError};
 use crate::mix;
 use crate::model::{CONFIG_FILE, VlsConfig, VlsModel};
-use crate::smooth::{LatentSource, SmoothConfig, SoftLabels, smooth_case};
+use crate::smooth::{
+    Calibration, LatentSource, SmoothConfig, SoftLabels, calibrate_temperature, noise_target,
+    smooth_case,
+};
 use calseg_io::{Case, NamedTensor, write_safetensors};
 use calseg_metrics::{MetricConfig, Region, ScoreSpec};
 use calseg_seg::SegError;
@@ -72,8 +75,13 @@ pub struct CalsegConfig {
     pub from: LatentSource,
     /// Mixing weights α of `Y_s = (1−α)·y + α·y_s^τ` to try.
     pub alpha: Vec<f64>,
-    /// Temperatures τ of `y_s^τ = softmax(log(y_s)/τ)` to try.
+    /// Temperatures τ of `y_s^τ = softmax(log(y_s)/τ)` to try (ignored when
+    /// [`calibrate`](Self::calibrate) has validation cases to calibrate on).
     pub tau: Vec<f64>,
+    /// Choose τ by calibrating the smoother on the validation cases
+    /// ([`calibrate_temperature`]: the τ that minimises the cross-entropy of `y_s^τ` to
+    /// the label-noise target there) instead of trying every τ of [`tau`](Self::tau).
+    pub calibrate: bool,
     /// The segmentation net, its training and its layout (slices / patches); its loss
     /// method is replaced by soft-target CE on `Y_s` (the Dice weight is kept).
     pub net: NetRecipe,
@@ -115,8 +123,9 @@ impl Default for CalsegConfig {
             smoother_train: default_budget(),
             samples: smooth.samples,
             from: smooth.from,
-            alpha: vec![smooth.alpha],
+            alpha: vec![0.5],
             tau: vec![smooth.tau],
+            calibrate: true,
             net: NetRecipe {
                 net: UNetConfig {
                     base: 16,
@@ -159,6 +168,11 @@ impl CalsegConfig {
             .iter()
             .flat_map(|&a| self.tau.iter().map(move |&t| (a, t)))
             .collect()
+    }
+
+    /// Every (α, τ) with τ fixed to a calibrated value.
+    pub fn settings_at(&self, tau: f64) -> Vec<(f64, f64)> {
+        self.alpha.iter().map(|&a| (a, tau)).collect()
     }
 
     /// The smoother's configuration for this data: `dims`, `in_channels` and `classes`
@@ -283,10 +297,14 @@ pub struct CalsegRun {
     pub smoother: TrainedSmoother,
     /// `y_s` (and statistics) of every training case, in order.
     pub soft_labels: Vec<SoftLabels>,
+    /// The smoother's calibration on the validation cases (when it ran).
+    pub calibration: Option<Calibration>,
     /// Every (α, τ) tried.
     pub sweep: Vec<SweepPoint>,
     /// The chosen (α, τ).
     pub choice: MixChoice,
+    /// `Y_s` of every training case at the chosen (α, τ), in order.
+    pub targets: Vec<ndarray::ArrayD<f32>>,
     /// The calibrated segmentation net (trained on the chosen `Y_s`).
     pub net: FittedNet,
 }
@@ -350,14 +368,69 @@ impl Calseg {
     ) -> Result<CalsegRun> {
         let soft_labels = self.soft_labels(&smoother.model, train, seed)?;
         let y_s: Vec<_> = soft_labels.iter().map(|s| s.y_s.clone()).collect();
-        let sweep = self.sweep(train, &y_s, val, seed, dir)?;
+        let calibration = self.calibrate(
+            &smoother.model,
+            val,
+            seed,
+            dir.map(|d| d.join("vls")).as_deref(),
+        )?;
+        let settings = match &calibration {
+            Some(c) => self.cfg.settings_at(c.tau),
+            None => self.cfg.settings(),
+        };
+        let mut sweep = self.sweep_over(&smoother.model, &settings, train, &y_s, val, seed, dir)?;
+        if let Some(c) = &calibration {
+            sweep.choice.chosen_by = format!(
+                "τ = {:.4}: the smoother calibrated on the validation cases (cross-entropy of y_s^τ to \
+                 its label-noise target); α: {}",
+                c.tau, sweep.choice.chosen_by
+            );
+        }
+        let targets = self.targets(
+            &smoother.model,
+            train,
+            &y_s,
+            sweep.choice.alpha,
+            sweep.choice.tau,
+        )?;
         Ok(CalsegRun {
             smoother,
             soft_labels,
+            calibration,
             sweep: sweep.points,
             choice: sweep.choice,
+            targets: targets.into_iter().filter_map(|c| c.soft_label).collect(),
             net: sweep.net,
         })
+    }
+
+    /// The smoother's temperature calibrated on `val` ([`calibrate_temperature`], m =
+    /// [`CalsegConfig::samples`]), when [`CalsegConfig::calibrate`] is on and there are
+    /// validation cases; stored in (and read back from) `dir/`[`crate::smooth::CALIBRATION_FILE`].
+    ///
+    /// # Errors
+    /// As [`calibrate_temperature`].
+    pub fn calibrate(
+        &self,
+        smoother: &VlsModel,
+        val: &[EvalCase<'_>],
+        seed: u64,
+        dir: Option<&Path>,
+    ) -> Result<Option<Calibration>> {
+        if !self.cfg.calibrate || val.is_empty() {
+            return Ok(None);
+        }
+        if let Some(d) = dir {
+            if let Some(c) = Calibration::load(d)? {
+                return Ok(Some(c));
+            }
+        }
+        let cases: Vec<Case> = val.iter().map(|v| v.case.clone()).collect();
+        let c = calibrate_temperature(smoother, &cases, &self.cfg.smooth_config(seed))?;
+        if let Some(d) = dir {
+            c.save(d)?;
+        }
+        Ok(Some(c))
     }
 
     /// Trains the smoother on `train` (validation loss on `val`), or loads it from `dir`
@@ -445,13 +518,14 @@ impl Calseg {
             .collect()
     }
 
-    /// The training cases with their soft labels set to
-    /// `Y_s = (1−α)·y + α·y_s^τ` (the targets of [`TargetSource::CaseSoft`]).
+    /// The training cases with their soft labels set to `Y_s = (1−α)·t(y) + α·y_s^τ`
+    /// (the targets of [`TargetSource::CaseSoft`]; [`anchored_mix`]).
     ///
     /// # Errors
     /// A case without labels, or `y_s` of the wrong shape.
     pub fn targets(
         &self,
+        smoother: &VlsModel,
         train: &[Case],
         y_s: &[ndarray::ArrayD<f32>],
         alpha: f64,
@@ -463,7 +537,7 @@ impl Calseg {
             .zip(y_s)
             .map(|(c, y)| {
                 let mut out = c.clone();
-                out.soft_label = Some(mixed(c, y, alpha, tau)?);
+                out.soft_label = Some(anchored_mix(smoother, c, y, alpha, tau)?);
                 Ok(out)
             })
             .collect()
@@ -477,6 +551,21 @@ impl Calseg {
     /// without validation cases.
     pub fn sweep(
         &self,
+        smoother: &VlsModel,
+        train: &[Case],
+        y_s: &[ndarray::ArrayD<f32>],
+        val: &[EvalCase<'_>],
+        seed: u64,
+        dir: Option<&Path>,
+    ) -> Result<Sweep> {
+        self.sweep_over(smoother, &self.cfg.settings(), train, y_s, val, seed, dir)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn sweep_over(
+        &self,
+        smoother: &VlsModel,
+        settings: &[(f64, f64)],
         train: &[Case],
         y_s: &[ndarray::ArrayD<f32>],
         val: &[EvalCase<'_>],
@@ -484,7 +573,6 @@ impl Calseg {
         dir: Option<&Path>,
     ) -> Result<Sweep> {
         check_pairs(train, y_s)?;
-        let settings = self.cfg.settings();
         let several = settings.len() > 1;
         if several && val.is_empty() {
             return Err(VlsError::Config(format!(
@@ -501,7 +589,7 @@ impl Calseg {
         };
         let val_cases: Vec<Case> = val.iter().map(|v| v.case.clone()).collect();
         let mut tried: Vec<(SweepPoint, FittedNet)> = Vec::new();
-        for (alpha, tau) in settings {
+        for &(alpha, tau) in settings {
             let tag = format!("a{alpha}_t{tau}");
             let name = if several {
                 format!("calseg_{tag}")
@@ -511,7 +599,7 @@ impl Calseg {
             let net = match dir {
                 Some(d) => {
                     let sdir = d.join("softlabels").join(&tag);
-                    write_targets(&sdir, train, y_s, alpha, tau)?;
+                    write_targets(smoother, &sdir, train, y_s, alpha, tau)?;
                     let mdir = d.join("models").join(&name);
                     recipe.fit(
                         &name,
@@ -523,7 +611,7 @@ impl Calseg {
                     )?
                 }
                 None => {
-                    let soft = self.targets(train, y_s, alpha, tau)?;
+                    let soft = self.targets(smoother, train, y_s, alpha, tau)?;
                     recipe.fit(&name, &soft, TargetSource::CaseSoft, &val_cases, seed, None)?
                 }
             };
@@ -631,8 +719,21 @@ fn check_pairs(train: &[Case], y_s: &[ndarray::ArrayD<f32>]) -> Result<()> {
     Ok(())
 }
 
-/// `Y_s` of one case.
-fn mixed(
+/// `Y_s` of one case: `(1−α)·t(y) + α·y_s^τ`, where `t(y)` is the label-noise target the
+/// smoother was trained on ([`noise_target`]: the SVLS smoothing of the one-hot labels
+/// with σ = [`VlsConfig::target_sigma`]; the one-hot labels themselves when σ = 0, which
+/// is the paper's `Y_s = (1−α)·y + α·y_s^τ`).
+///
+/// Why the anchor is `t(y)` and not `y`: under the likelihood the smoother is trained
+/// with — the observed hard label of a boundary voxel is a noisy draw of its tissue —
+/// the expectation of the label given the label map alone is `t(y)`; `y_s^τ` adds what
+/// the image says. Measured on the embedded brain (calseg-vls README), the mix with `t(y)`
+/// is closer to the true tissue probabilities than either part and than the mix with `y`.
+///
+/// # Errors
+/// A case without labels, or `y_s` of the wrong shape.
+pub fn anchored_mix(
+    smoother: &VlsModel,
     case: &Case,
     y_s: &ndarray::ArrayD<f32>,
     alpha: f64,
@@ -642,12 +743,24 @@ fn mixed(
         .label
         .as_ref()
         .ok_or_else(|| VlsError::Config(format!("case {}: no labels", case.id)))?;
-    mix::mix(&labels.view(), &mix::temperature(y_s, tau)?, alpha)
+    let anchor = noise_target(smoother, labels)?;
+    let y_tau = mix::temperature(y_s, tau)?;
+    if anchor.shape() != y_tau.shape() {
+        return Err(VlsError::Shape(format!(
+            "case {}: y_s of shape {:?}, labels give {:?}",
+            case.id,
+            y_tau.shape(),
+            anchor.shape()
+        )));
+    }
+    let a = alpha as f32;
+    Ok(anchor * (1.0 - a) + y_tau * a)
 }
 
 /// Writes `Y_s` of every case to `dir/CASE.safetensors` (tensor `soft_labels`), keeping
 /// the files already there.
 fn write_targets(
+    smoother: &VlsModel,
     dir: &Path,
     train: &[Case],
     y_s: &[ndarray::ArrayD<f32>],
@@ -666,7 +779,10 @@ fn write_targets(
         if !path.exists() {
             write_safetensors(
                 &path,
-                &[NamedTensor::new("soft_labels", &mixed(c, y, alpha, tau)?)],
+                &[NamedTensor::new(
+                    "soft_labels",
+                    &anchored_mix(smoother, c, y, alpha, tau)?,
+                )],
             )?;
         }
     }

@@ -61,11 +61,7 @@ pub fn plateau(logs: &[EpochLog]) -> Option<Plateau> {
     }
     let epochs = last_epoch + 1;
     let cut = (3 * epochs) / 4;
-    let &(_, before) = val
-        .iter()
-        .rev()
-        .find(|(e, _)| *e < cut)
-        .unwrap_or(&val[0]);
+    let &(_, before) = val.iter().rev().find(|(e, _)| *e < cut).unwrap_or(&val[0]);
     Some(Plateau {
         final_dice,
         gain_last_quarter: final_dice - before,
