@@ -628,7 +628,7 @@ impl<'a> Experiment<'a> {
             })
             .collect();
         Ok(
-            json!({"alpha": alpha, "tau": tau, "samples": self.cfg.calseg.samples, "from": serde_json::to_value(self.cfg.calseg.from).unwrap_or(Value::Null), "chosen_by": run.choice.chosen_by, "sweep": sweep, "smoother_seconds": run.smoother.seconds, "smoothing": stats}),
+            json!({"alpha": alpha, "tau": tau, "calibration": run.calibration, "samples": self.cfg.calseg.samples, "from": serde_json::to_value(self.cfg.calseg.from).unwrap_or(Value::Null), "chosen_by": run.choice.chosen_by, "sweep": sweep, "smoother_seconds": run.smoother.seconds, "smoothing": stats}),
         )
     }
 
