@@ -16,6 +16,13 @@
 //! - [`loss`]: soft-target cross-entropy (one fused op) and the calibration losses (CE,
 //!   LS, focal, SVLS, MbLS, NACL, soft Dice) behind [`loss::LossConfig`].
 //! - [`calibrate`]: temperature scaling fitted on validation logits (NLL or ECE).
+//! - [`recipe`]: a segmentation net from cases in one call ([`recipe::NetRecipe`]: net,
+//!   loss, budget, layout → trained model, with checkpoints and resume in a folder) —
+//!   the one training path of `calseg train`'s methods, the experiment and CALSeg.
+//! - [`score`]: a model over cases → probabilities → `calseg_metrics::Scorer` (the one
+//!   scoring path of the project).
+//! - [`train`]: the trainer, its data sets and [`train::convergence`] (has the
+//!   validation Dice reached a plateau?).
 //! - [`optim`]: AdamW with a fused in-place update.
 //! - [`bench`]: the timed training step behind `calseg bench unet-step`.
 //! - [`init`]: seeded random tensors (candle's CPU RNG cannot be seeded).
