@@ -89,12 +89,14 @@ fn experiment_end_to_end_and_resumable() {
     assert_eq!(json["split"]["test"].as_array().map(Vec::len), Some(1));
     // The α sweep was decided on validation and says so.
     let tuned = &json["config"]["tuned_on_validation"]["seed0"];
+    // τ from the smoother calibrated on validation, α by the nets' validation ECE.
+    let chosen_by = tuned["calseg"]["chosen_by"].as_str().unwrap();
     assert!(
-        tuned["calseg"]["chosen_by"]
-            .as_str()
-            .unwrap()
-            .starts_with("lowest validation ECE")
+        chosen_by.contains("calibrated on the validation"),
+        "{chosen_by}"
     );
+    assert!(chosen_by.contains("lowest validation ECE"), "{chosen_by}");
+    assert!(tuned["calseg"]["calibration"]["tau"].as_f64().unwrap() > 0.0);
     assert_eq!(tuned["calseg"]["sweep"].as_array().map(Vec::len), Some(2));
     assert!(tuned["ce+ts.temperature"].as_f64().unwrap() > 0.0);
     for f in [

@@ -164,9 +164,9 @@ pub struct VlsSmoothArgs {
     /// the library default for a folder without one.
     #[arg(long)]
     tau: Option<f64>,
-    /// Mixing weight α ∈ [0, 1]: Y_s = (1 − α)·onehot(y) + α·y_s^τ. Default: the α
-    /// calibrated on validation data by `calseg vls train` (calibration.json), or the
-    /// library default for a folder without one.
+    /// Mixing weight α ∈ [0, 1]: Y_s = (1 − α)·t(y) + α·y_s^τ, t(y) the smoother's
+    /// label-noise target (the one-hot labels for a smoother trained with
+    /// target_sigma = 0). Default 0.5 (SmoothConfig).
     #[arg(long)]
     alpha: Option<f64>,
     /// Where the latent samples come from.
@@ -357,9 +357,9 @@ fn smooth(args: VlsSmoothArgs) -> CliResult {
     let tau = args
         .tau
         .unwrap_or_else(|| calib.as_ref().map_or(defaults.tau, |c| c.tau));
-    let alpha = args
-        .alpha
-        .unwrap_or_else(|| calib.as_ref().map_or(defaults.alpha, |c| c.alpha));
+    // α of the anchored mix (SmoothConfig's default) unless given; the calibration's α is
+    // the rule's choice for the paper's hard-label mix, recorded in calibration.json only.
+    let alpha = args.alpha.unwrap_or(defaults.alpha);
     let sc = SmoothConfig {
         samples: args.samples,
         tau,

@@ -123,7 +123,7 @@ impl Default for CalsegConfig {
             smoother_train: default_budget(),
             samples: smooth.samples,
             from: smooth.from,
-            alpha: vec![0.5],
+            alpha: vec![smooth.alpha],
             tau: vec![smooth.tau],
             calibrate: true,
             net: NetRecipe {

@@ -26,7 +26,7 @@
 //! multiple of [`VlsConfig::multiple`](crate::VlsConfig::multiple) and cropped back.
 
 use crate::error::{Result, VlsError};
-use crate::mix::{label_disagreement, mean_entropy, mix, temperature};
+use crate::mix::{label_disagreement, mean_entropy, temperature};
 use crate::model::VlsModel;
 use calseg_io::{Case, Geometry, NamedTensor, write_nifti_probs, write_safetensors};
 use calseg_seg::convert::array_to_tensor;
@@ -51,15 +51,17 @@ pub enum LatentSource {
     Prior,
 }
 
-/// How to produce soft labels. Defaults: m = 16, τ = 2, α = 0.25, posterior, seed 0,
+/// How to produce soft labels. Defaults: m = 16, τ = 2, α = 0.5, posterior, seed 0,
 /// 8 slices per forward pass.
 ///
-/// The defaults come from the sweep α ∈ {0.1, 0.25, 0.5, 0.75, 1} × τ ∈ {0.5, 1, 2} on
-/// the embedded ICBM152 brain (benches/RESULTS.md): (α, τ) = (0.25, 2) gave the lowest
-/// **validation** ECE of the segmentation net trained on `Y_s` among the settings that
-/// kept every class (validation Dice within 0.02 of the best); m = 16 puts the Monte
-/// Carlo error of `y_s` at TV 0.005 from m = 64 (m = 1: 0.023), at ~18 ms per extra
-/// sample for the 82-slice volume.
+/// `Y_s = (1−α)·t(y) + α·y_s^τ` with `t(y)` the smoother's label-noise target
+/// ([`crate::pipeline::anchored_mix`]). τ = 2 is only the fallback: `calseg vls smooth`
+/// and the CALSeg pipeline use the τ calibrated on validation data
+/// ([`calibrate_temperature`]). α = 0.5 weighs the label-only estimate `t(y)` and the
+/// image-aware `y_s^τ` equally (a prior choice, not tuned; every α in [0.25, 0.6] gives
+/// soft labels closer to the truth than SVLS on the embedded brain — calseg-vls README).
+/// m = 16 puts the Monte Carlo error of `y_s` at TV 0.005 from m = 64 (m = 1: 0.023), at
+/// ~18 ms per extra sample for the 82-slice volume.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SmoothConfig {
@@ -67,7 +69,7 @@ pub struct SmoothConfig {
     pub samples: usize,
     /// Temperature τ > 0 of `y_s^τ = softmax(log(y_s)/τ)`; τ < 1 sharpens.
     pub tau: f64,
-    /// Mixing weight α ∈ [0, 1] of `Y_s = (1−α)·y + α·y_s^τ`; α ≤ 0.5 never flips a label.
+    /// Mixing weight α ∈ [0, 1] of `Y_s = (1−α)·t(y) + α·y_s^τ`.
     pub alpha: f64,
     /// Posterior or prior samples.
     pub from: LatentSource,
@@ -82,7 +84,7 @@ impl Default for SmoothConfig {
         Self {
             samples: 16,
             tau: 2.0,
-            alpha: 0.25,
+            alpha: 0.5,
             from: LatentSource::Posterior,
             seed: 0,
             batch: 8,
@@ -173,7 +175,7 @@ pub fn smooth_case(model: &VlsModel, case: &Case, cfg: &SmoothConfig) -> Result<
     c.seed = case_seed(cfg.seed, &case.id);
     let (y_s, sample_variance) = smooth_volume(model, &image, labels, &c)?;
     let y_tau = temperature(&y_s, cfg.tau)?;
-    let soft = mix(&labels.view(), &y_tau, cfg.alpha)?;
+    let soft = crate::pipeline::anchored_mix(model, case, &y_s, cfg.alpha, cfg.tau)?;
     let stats = SmoothStats {
         case: case.id.clone(),
         voxels: labels.len(),

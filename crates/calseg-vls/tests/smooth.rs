@@ -87,9 +87,16 @@ fn config_is_validated_before_any_work() {
     assert!(matches!(e, VlsError::Shape(_)), "{e}");
 }
 
+/// With the paper's hard anchor (`target_sigma = 0`: `t(y)` is the one-hot label),
+/// α ≤ ½ never moves the arg-max off the label. (With a label-noise anchor `t(y)` is
+/// itself soft at boundaries, and `Y_s` may follow the image there.)
 #[test]
 fn alpha_up_to_half_never_flips_a_label() {
-    let model = VlsModel::new(&tiny(2), 5, &Device::Cpu).unwrap();
+    let hard_anchor = VlsConfig {
+        target_sigma: 0.0,
+        ..tiny(2)
+    };
+    let model = VlsModel::new(&hard_anchor, 5, &Device::Cpu).unwrap();
     let case = phantom_case(vec![20, 24], 3);
     for tau in [0.25, 1.0, 4.0] {
         for alpha in [0.0, 0.3, 0.5] {
