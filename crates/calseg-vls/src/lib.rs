@@ -19,9 +19,9 @@
 //!    collapses (KL → 0, identical samples).
 //! 3. **Soft labels** ([`smooth`], [`mix`]): trunk once per image, m latent samples
 //!    through the heads only, `y_s` = mean softmax, `y_s^τ = softmax(log(y_s)/τ)`,
-//!    `Y_s = (1−α)·y + α·y_s^τ`; written per case as safetensors + NIfTI.
-//! 3b. **Calibration** ([`smooth::calibrate_temperature`]): τ* and α* chosen on held-out
-//!    slices or cases from hard labels only (cross-entropy to the label-noise target).
+//!    `Y_s = (1−α)·y + α·y_s^τ`; written per case as safetensors + NIfTI. τ and α
+//!    can be calibrated ([`smooth::calibrate_temperature`]) on held-out slices or cases
+//!    from hard labels only (cross-entropy to the label-noise target).
 //! 4. **Quality** ([`quality`]): TV distance to true probabilities, and the baselines
 //!    (hard, uniform LS, SVLS) for the comparison on the embedded ICBM152 template.
 //!
