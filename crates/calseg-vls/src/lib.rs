@@ -13,12 +13,15 @@
 //!    last feature map, concatenated with `z`, feeds a segmentation head (K logits)
 //!    and a sigmoid reconstruction head (C channels). [`VlsModel`] implements
 //!    [`calseg_seg::train::Trainable`], so the calseg-seg trainer trains it.
-//! 2. **Loss** ([`loss`]): `CE + λ_rec·MSE + β_t·Σ_d max(KL_d, λ_fb)` with β warm-up.
+//! 2. **Loss** ([`loss`]): `CE + λ_rec·MSE + β_t·Σ_d max(KL_d, λ_fb)` with β warm-up;
+//!    CE (and Dice) against the label-noise target `svls_σ(onehot(y))` (σ = 1 by default).
 //!    The free-bits floor `λ_fb` is what keeps the latent alive: the plain design
 //!    collapses (KL → 0, identical samples).
 //! 3. **Soft labels** ([`smooth`], [`mix`]): trunk once per image, m latent samples
 //!    through the heads only, `y_s` = mean softmax, `y_s^τ = softmax(log(y_s)/τ)`,
-//!    `Y_s = (1−α)·y + α·y_s^τ`; written per case as safetensors + NIfTI.
+//!    `Y_s = (1−α)·y + α·y_s^τ`; written per case as safetensors + NIfTI. τ and α
+//!    can be calibrated ([`smooth::calibrate_temperature`]) on held-out slices or cases
+//!    from hard labels only (cross-entropy to the label-noise target).
 //! 4. **Quality** ([`quality`]): TV distance to true probabilities, and the baselines
 //!    (hard, uniform LS, SVLS) for the comparison on the embedded ICBM152 template.
 //!

@@ -8,7 +8,9 @@
 //! ```
 //!
 //! * `CE` is [`calseg_seg::loss::soft_ce`] (mean over voxels); `target` is the batch's
-//!   one-hot (or soft) target.
+//!   one-hot target smoothed by the label-noise kernel
+//!   ([`VlsModel::noisy_target`](crate::VlsModel::noisy_target): SVLS with
+//!   σ = `target_sigma`, default 1; a soft batch target is used as it is).
 //! * `Dice` is calseg-seg's batch soft Dice over the foreground classes, weight
 //!   `w = dice_weight` (default 1; 0 gives the paper's plain CE). It keeps thin, rare
 //!   classes in the smoother's predictions (measured: without it a short-budget

