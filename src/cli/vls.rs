@@ -309,7 +309,7 @@ fn train(args: VlsTrainArgs) -> CliResult {
     );
     println!(
         "calibrated on {} validation voxels: τ = {:.3} (cross-entropy to the label-noise \
-         target {:.4} → {:.4} nats), α = {} ({:.4} nats; {:.1} s); written to {}",
+         target {:.4} → {:.4} nats; hard-anchored mix: α = {}, {:.4} nats; {:.1} s); written to {}",
         calib.voxels,
         calib.tau,
         calib.ce_at_one,
