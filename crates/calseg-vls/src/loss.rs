@@ -1,20 +1,21 @@
 //! The training loss of the variational label smoother:
 //!
 //! ```text
-//! L = CE(seg, target) + w · Dice(seg, target) + λ_rec · MSE(sigmoid(rec), x01) + β_t · Σ_d max(KL_d, λ_fb)
+//! L = CE(seg, t(y)) + w · Dice(seg, y) + λ_rec · MSE(sigmoid(rec), x01) + β_t · Σ_d max(KL_d, λ_fb)
 //! KL_d = mean_batch ½ (μ_d² + σ_d² − 1 − log σ_d²)          (KL(q(z|x,y) ‖ N(0, I)) of dim d)
 //! x01  = (x − min x) / (max x − min x)                       (per image and channel)
 //! β_t  = β · min(1, t / kl_warmup_epochs)                    (t = fractional epoch)
 //! ```
 //!
-//! * `CE` is [`calseg_seg::loss::soft_ce`] (mean over voxels); `target` is the batch's
-//!   one-hot target smoothed by the label-noise kernel
+//! * `CE` is [`calseg_seg::loss::soft_ce`] (mean over voxels); `t(y)` is the batch's
+//!   one-hot target `y` smoothed by the label-noise kernel
 //!   ([`VlsModel::noisy_target`](crate::VlsModel::noisy_target): SVLS with
 //!   σ = `target_sigma`, default 1; a soft batch target is used as it is).
-//! * `Dice` is calseg-seg's batch soft Dice over the foreground classes, weight
-//!   `w = dice_weight` (default 1; 0 gives the paper's plain CE). It keeps thin, rare
-//!   classes in the smoother's predictions (measured: without it a short-budget
-//!   smoother on ICBM152 never predicts CSF).
+//! * `Dice` is calseg-seg's batch soft Dice over the foreground classes against the
+//!   observed `y` (not `t(y)`), weight `w = dice_weight` (default 1; 0 gives the paper's
+//!   plain CE). It keeps thin, rare classes in the smoother's predictions (measured:
+//!   without it, or with it against `t(y)`, in which a thin class never exceeds ½, a
+//!   demo-budget smoother on ICBM152 never predicts CSF).
 //! * The reconstruction head ends in a sigmoid, so its target must be in `[0, 1]`: the
 //!   z-scored input is min-max normalised per image and channel ([`minmax01`]).
 //! * **Free bits** (Kingma et al., 2016): the KL of each latent dimension, averaged over

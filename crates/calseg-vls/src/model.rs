@@ -105,7 +105,8 @@ pub struct VlsConfig {
     /// Global or spatial latent. Default global.
     pub latent_mode: LatentMode,
     /// Label-noise likelihood of the segmentation head: σ of the SVLS kernel (3^d
-    /// neighbourhood) applied to the one-hot target before the CE and Dice terms,
+    /// neighbourhood) applied to the one-hot target of the CE term (the Dice term keeps
+    /// the observed labels, so thin classes survive),
     /// `target = ½·y(c) + ½·Σ_{n≠c} w_n·y(n)`, `w_n ∝ exp(−|n−c|²/2σ²)`
     /// ([`calseg_seg::loss::svls_smooth`]; in-plane for a 2D model). It models the
     /// observed hard label at a boundary voxel as a noisy draw of the tissue around it,
@@ -688,7 +689,11 @@ impl VlsModel {
         let out = self.forward(&batch.image, &batch.labels, rng)?;
         let target = self.noisy_target(&batch.target)?;
         let ce = calseg_seg::loss::soft_ce(&out.seg_logits, &target)?;
-        let dice = SoftDice::default().forward(&out.seg_logits, &target)?;
+        // Dice against the observed labels, not their label-noise smoothing: a thin class
+        // (CSF) never has more than ½ in the smoothed target, and a smoother whose Dice
+        // saw only that target stopped predicting it (measured on the embedded brain: CSF
+        // Dice 0, and every net trained on its soft labels lost CSF).
+        let dice = SoftDice::default().forward(&out.seg_logits, &batch.target)?;
         let seg = (&ce + (&dice * self.cfg.dice_weight)?)?;
         let x01 = minmax01(&batch.image)?;
         let mse = (&out.recon - &x01)?.sqr()?.mean_all()?;
