@@ -135,8 +135,15 @@ fn vls_train_then_smooth_writes_both_files_per_case() {
             .unwrap();
     let cases = stats["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 3);
-    // α = 0.5 never flips a hard label.
-    assert!(cases.iter().all(|c| c["flipped_fraction"] == 0.0));
+    // With the label-noise anchor t(y) (the default smoother), Y_s may follow image and
+    // neighbours at a few boundary voxels, never at many (the paper's hard anchor with
+    // α ≤ ½ flips none: crates/calseg-vls/tests/smooth.rs).
+    assert!(
+        cases
+            .iter()
+            .all(|c| c["flipped_fraction"].as_f64().unwrap() < 0.05),
+        "{cases:?}"
+    );
 
     // The soft labels train a segmentation net.
     let net = t.root.join("net_soft");

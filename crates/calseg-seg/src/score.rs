@@ -9,7 +9,7 @@
 //! use calseg_seg::net::UNetConfig;
 //! use calseg_seg::score::{EvalCase, score_model};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let cfg = UNetConfig { in_channels: 1, classes: 2, base: 4, depth: 2, ..UNetConfig::default() };
+//! let cfg = UNetConfig { in_channels: 1, classes: 3, base: 4, depth: 2, ..UNetConfig::default() };
 //! let model = SegModel::new(&cfg, 0, &candle_core::Device::Cpu)?;
 //! let case = calseg_io::phantom::generate(&Default::default(), 1)?.to_case("p");
 //! let spec = ScoreSpec::new(MetricConfig::default()).hd95(true);
