@@ -22,7 +22,7 @@ use calseg_io::icbm152;
 use calseg_io::preprocess::crop;
 use calseg_seg::train::{Layout, SetOptions, TargetSource, TrainSet, Trainer, TrainerConfig};
 use calseg_vls::mix::{mix, one_hot, temperature};
-use calseg_vls::quality::{svls, tv_distance, uniform_ls};
+use calseg_vls::quality::{svls, tv_table, uniform_ls};
 use calseg_vls::smooth::{SmoothConfig, calibrate_temperature, smooth_case};
 use calseg_vls::{LatentMode, VlsConfig, VlsModel};
 use candle_core::Device;
@@ -273,18 +273,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "Y_s α=0.25 τ=2 (old)".into(),
         mix(&labels.view(), &temperature(y_s, 2.0)?, 0.25)?,
     ));
-    print!("{:28}", "TV in brain mask");
-    for (n, _) in &masks {
-        print!(" {n:>11}");
-    }
-    println!();
-    for (name, map) in &rows {
-        print!("{name:28}");
-        for (_, m) in &masks {
-            print!(" {:11.4}", tv_distance(map, &truth, Some(m))?);
-        }
-        println!();
-    }
+    print!("{}", tv_table(&rows, &masks, &truth)?);
     Ok(())
 }
 

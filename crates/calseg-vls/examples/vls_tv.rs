@@ -12,7 +12,7 @@
 
 use calseg_io::icbm152;
 use calseg_vls::mix::one_hot;
-use calseg_vls::quality::{svls, tv_distance, uniform_ls};
+use calseg_vls::quality::{svls, tv_table, uniform_ls};
 use ndarray::{ArrayD, Axis, IxDyn};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -62,17 +62,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .to_f32();
         rows.push((d.clone(), t));
     }
-    print!("{:28}", "TV in brain mask");
-    for (n, _) in &masks {
-        print!(" {n:>11}");
-    }
-    println!();
-    for (name, map) in &rows {
-        print!("{name:28}");
-        for (_, m) in &masks {
-            print!(" {:11.4}", tv_distance(map, &truth, Some(m))?);
-        }
-        println!();
-    }
+    print!("{}", tv_table(&rows, &masks, &truth)?);
     Ok(())
 }

@@ -25,6 +25,31 @@ use ndarray::{ArrayD, ArrayViewD, Axis};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+/// A text table of [`tv_distance`] to `truth`: one row per soft-label map, one column per
+/// named mask (the examples' soft-label fidelity tables).
+///
+/// # Errors
+/// As [`tv_distance`].
+pub fn tv_table(
+    rows: &[(String, ArrayD<f32>)],
+    masks: &[(&str, ArrayD<bool>)],
+    truth: &ArrayD<f32>,
+) -> Result<String> {
+    let mut out = format!("{:28}", "TV in brain mask");
+    for (n, _) in masks {
+        out.push_str(&format!(" {n:>11}"));
+    }
+    out.push('\n');
+    for (name, map) in rows {
+        out.push_str(&format!("{name:28}"));
+        for (_, m) in masks {
+            out.push_str(&format!(" {:11.4}", tv_distance(map, truth, Some(m))?));
+        }
+        out.push('\n');
+    }
+    Ok(out)
+}
+
 /// Mean total-variation distance `½ Σ_k |a_k − b_k|` per voxel between two maps
 /// `(K, *spatial)`, over the voxels where `mask` is true (all voxels without a mask).
 /// An empty mask gives 0.
