@@ -746,7 +746,9 @@ pub fn calibrate_maps(
                     .map(|(&x, &w)| -w * (x / tau - lse))
                     .sum::<f64>()
             })
-            .sum();
+            .collect::<Vec<f64>>()
+            .iter()
+            .sum(); // in order: the same sum whatever rayon's split
         total / n as f64
     };
     let (lo, hi) = (0.1f64.ln(), 10.0f64.ln());
@@ -801,7 +803,9 @@ pub fn calibrate_maps(
                     })
                     .sum::<f64>()
             })
-            .sum();
+            .collect::<Vec<f64>>()
+            .iter()
+            .sum(); // in order: the same sum whatever rayon's split
         total / n as f64
     };
     let (alpha, ce_at_alpha) = (0..=20)
