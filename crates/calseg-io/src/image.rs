@@ -238,7 +238,7 @@ pub fn read_image(path: impl AsRef<Path>) -> Result<Image> {
 pub fn read_images(path: impl AsRef<Path>) -> Result<Vec<Image>> {
     let path = path.as_ref();
     let format = Format::from_path(path)?;
-    let bytes = std::fs::read(path).map_err(|e| IoError::io(path, "read", e))?;
+    let bytes = crate::mapped::file_bytes(path)?;
     images_from_bytes(&bytes, path, format)
 }
 
@@ -295,7 +295,7 @@ pub struct ProbMap {
 pub fn read_probs(path: impl AsRef<Path>) -> Result<ProbMap> {
     let path = path.as_ref();
     let format = Format::from_path(path)?;
-    let bytes = std::fs::read(path).map_err(|e| IoError::io(path, "read", e))?;
+    let bytes = crate::mapped::file_bytes(path)?;
     probs_from_bytes(&bytes, path, format)
 }
 
@@ -330,11 +330,14 @@ pub fn probs_from_bytes(bytes: &[u8], path: &Path, format: Format) -> Result<Pro
     }
     let shape = image.shape().to_vec();
     let is_nifti = matches!(image.format, Format::Nifti | Format::NiftiGz);
-    let mut probs = match (&image.data, image.scaling) {
-        (TypedArray::F32(a), None) => FloatArray::F32(a.clone()),
-        (TypedArray::F64(a), None) => FloatArray::F64(a.clone()),
-        (TypedArray::F32(_), Some(_)) => FloatArray::F32(image.to_f32()),
-        _ => FloatArray::F64(image.to_f64()),
+    let mut probs = match image.scaling {
+        None => match image.data {
+            TypedArray::F32(a) => FloatArray::F32(a),
+            TypedArray::F64(a) => FloatArray::F64(a),
+            _ => FloatArray::F64(image.to_f64()),
+        },
+        Some(_) if matches!(image.data, TypedArray::F32(_)) => FloatArray::F32(image.to_f32()),
+        Some(_) => FloatArray::F64(image.to_f64()),
     };
     let mut geometry = image.geometry;
     if is_nifti {
@@ -413,7 +416,7 @@ pub struct LabelMap {
 pub fn read_labels(path: impl AsRef<Path>) -> Result<LabelMap> {
     let path = path.as_ref();
     let format = Format::from_path(path)?;
-    let bytes = std::fs::read(path).map_err(|e| IoError::io(path, "read", e))?;
+    let bytes = crate::mapped::file_bytes(path)?;
     labels_from_bytes(&bytes, path, format)
 }
 

@@ -21,7 +21,7 @@
 //! extensions), compresses with flate2 when the name ends in `.gz`, and replaces the
 //! target atomically ([`crate::atomic`]).
 
-use crate::array::{DataType, Element, TypedArray, checked_product, from_vec};
+use crate::array::{DataType, Element, TypedArray, checked_product};
 use crate::atomic::write_atomic;
 use crate::error::{IoError, Result};
 use crate::image::{Affine, Format, Geometry, Image};
@@ -29,8 +29,7 @@ use flate2::Compression;
 use flate2::read::MultiGzDecoder;
 use flate2::write::GzEncoder;
 use ndarray::{ArrayBase, Axis, Data, Dimension};
-use nifti::volume::inmem::InMemNiftiVolume;
-use nifti::{DataElement, Endianness, NiftiHeader, NiftiType};
+use nifti::{Endianness, NiftiHeader};
 use std::borrow::Cow;
 use std::io::{Read, Write};
 use std::path::Path;
@@ -47,7 +46,7 @@ const DATA_OFFSET: usize = 352;
 /// ```
 pub fn read_nifti(path: impl AsRef<Path>) -> Result<Image> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|e| IoError::io(path, "read", e))?;
+    let bytes = crate::mapped::file_bytes(path)?;
     nifti_from_bytes(&bytes, path)
 }
 
@@ -79,7 +78,52 @@ pub(crate) fn maybe_gunzip<'a>(bytes: &'a [u8], path: &Path) -> Result<Cow<'a, [
 pub fn nifti_from_bytes(bytes: &[u8], path: &Path) -> Result<Image> {
     let gz = is_gzip(bytes);
     let raw = maybe_gunzip(bytes, path)?;
-    let raw: &[u8] = &raw;
+    let layout = nifti_layout(&raw, path)?;
+    let voxels = &raw[layout.offset..layout.offset + layout.nbytes];
+    // NIfTI stores the first index fastest (Fortran order).
+    let data = TypedArray::decode(
+        layout.dtype,
+        &layout.shape,
+        voxels,
+        true,
+        layout.little_endian,
+    )
+    .ok_or_else(|| IoError::BadHeader {
+        path: path.to_path_buf(),
+        reason: "voxel count does not match dimensions".into(),
+    })?;
+    Ok(Image {
+        name: None,
+        data,
+        scaling: layout.scaling,
+        geometry: layout.geometry,
+        format: if gz { Format::NiftiGz } else { Format::Nifti },
+    })
+}
+
+/// Where and how the voxels of an (uncompressed) NIfTI-1 image are stored: its checked
+/// header, without touching the voxels.
+#[derive(Debug, Clone)]
+pub(crate) struct NiftiLayout {
+    /// Element type.
+    pub(crate) dtype: DataType,
+    /// `dim[1..=dim[0]]`, first index fastest in the file.
+    pub(crate) shape: Vec<usize>,
+    /// Byte order of the voxels.
+    pub(crate) little_endian: bool,
+    /// First voxel byte (`vox_offset`).
+    pub(crate) offset: usize,
+    /// Bytes of voxel data (checked to be present after `offset`).
+    pub(crate) nbytes: usize,
+    /// `(scl_slope, scl_inter)` when they change the values.
+    pub(crate) scaling: Option<(f64, f64)>,
+    /// Spacing, affine and header.
+    pub(crate) geometry: Geometry,
+}
+
+/// Parses and checks the header of uncompressed NIfTI-1 bytes (see [`nifti_from_bytes`]
+/// for the rules).
+pub(crate) fn nifti_layout(raw: &[u8], path: &Path) -> Result<NiftiLayout> {
     let not_nifti = |reason: String| IoError::NotNifti {
         path: path.to_path_buf(),
         reason,
@@ -158,7 +202,7 @@ pub fn nifti_from_bytes(bytes: &[u8], path: &Path) -> Result<Image> {
     }
 
     // Element type.
-    let (dtype, ntype) =
+    let dtype =
         datatype_from_code(header.datatype).ok_or_else(|| IoError::UnsupportedDatatype {
             path: path.to_path_buf(),
             code: i32::from(header.datatype),
@@ -198,19 +242,6 @@ pub fn nifti_from_bytes(bytes: &[u8], path: &Path) -> Result<Image> {
             found: available as u64,
         });
     }
-    let voxels = &raw[offset..offset + nbytes];
-
-    let volume = InMemNiftiVolume::from_raw_fields(
-        header.dim,
-        ntype,
-        header.scl_slope,
-        header.scl_inter,
-        voxels.to_vec(),
-        header.endianness,
-    )
-    .map_err(|e| bad(e.to_string()))?;
-    let data = decode_volume(volume, dtype, &shape).map_err(|e| bad(e.to_string()))?;
-
     // Scaling, as nibabel: slope 0 or non-finite = none; a valid slope needs a finite intercept.
     let slope = f64::from(header.scl_slope);
     let inter = f64::from(header.scl_inter);
@@ -230,60 +261,30 @@ pub fn nifti_from_bytes(bytes: &[u8], path: &Path) -> Result<Image> {
         .map(|i| sanitize_spacing(header.pixdim[i]))
         .collect();
     let affine = header_affine(&header);
-    Ok(Image {
-        name: None,
-        data,
+    Ok(NiftiLayout {
+        dtype,
+        shape,
+        little_endian: little,
+        offset,
+        nbytes,
         scaling,
         geometry: Geometry::from_nifti(spacing, affine, header),
-        format: if gz { Format::NiftiGz } else { Format::Nifti },
     })
 }
 
-/// Decodes the in-memory volume into a standard-layout array of its own type.
-fn decode_volume(
-    volume: InMemNiftiVolume,
-    dtype: DataType,
-    shape: &[usize],
-) -> std::result::Result<TypedArray, String> {
-    fn go<T: DataElement + Element>(
-        volume: InMemNiftiVolume,
-        shape: &[usize],
-    ) -> std::result::Result<TypedArray, String> {
-        let values: Vec<T> = volume
-            .into_nifti_typed_data::<T>()
-            .map_err(|e| e.to_string())?;
-        // NIfTI stores the first index fastest (Fortran order).
-        let a = from_vec(values, shape, true).ok_or("voxel count does not match dimensions")?;
-        Ok(T::wrap(a))
-    }
-    match dtype {
-        DataType::U8 => go::<u8>(volume, shape),
-        DataType::I8 => go::<i8>(volume, shape),
-        DataType::U16 => go::<u16>(volume, shape),
-        DataType::I16 => go::<i16>(volume, shape),
-        DataType::U32 => go::<u32>(volume, shape),
-        DataType::I32 => go::<i32>(volume, shape),
-        DataType::U64 => go::<u64>(volume, shape),
-        DataType::I64 => go::<i64>(volume, shape),
-        DataType::F32 => go::<f32>(volume, shape),
-        DataType::F64 => go::<f64>(volume, shape),
-        DataType::Bool => Err("bool is not a NIfTI type".into()),
-    }
-}
-
 /// The crate's type for a NIfTI `datatype` code, if supported.
-fn datatype_from_code(code: i16) -> Option<(DataType, NiftiType)> {
+fn datatype_from_code(code: i16) -> Option<DataType> {
     Some(match code {
-        2 => (DataType::U8, NiftiType::Uint8),
-        4 => (DataType::I16, NiftiType::Int16),
-        8 => (DataType::I32, NiftiType::Int32),
-        16 => (DataType::F32, NiftiType::Float32),
-        64 => (DataType::F64, NiftiType::Float64),
-        256 => (DataType::I8, NiftiType::Int8),
-        512 => (DataType::U16, NiftiType::Uint16),
-        768 => (DataType::U32, NiftiType::Uint32),
-        1024 => (DataType::I64, NiftiType::Int64),
-        1280 => (DataType::U64, NiftiType::Uint64),
+        2 => DataType::U8,
+        4 => DataType::I16,
+        8 => DataType::I32,
+        16 => DataType::F32,
+        64 => DataType::F64,
+        256 => DataType::I8,
+        512 => DataType::U16,
+        768 => DataType::U32,
+        1024 => DataType::I64,
+        1280 => DataType::U64,
         _ => return None,
     })
 }
@@ -781,15 +782,34 @@ pub fn write_nifti_probs<S: Data<Elem = f32>, D: Dimension>(
 
 /// Moves the last axis of `a` to the front (`(*spatial, K)` → `(K, *spatial)`), in
 /// standard layout.
-pub(crate) fn classes_first<T: Clone>(a: ndarray::ArrayD<T>) -> ndarray::ArrayD<T> {
+pub(crate) fn classes_first<T: Copy>(a: ndarray::ArrayD<T>) -> ndarray::ArrayD<T> {
     let n = a.ndim();
     if n < 2 {
         return a;
     }
-    let mut order = vec![n - 1];
-    order.extend(0..n - 1);
-    let p = a.permuted_axes(order);
-    p.as_standard_layout().into_owned()
+    let shape = a.shape().to_vec();
+    let k = shape[n - 1];
+    let voxels = shape[..n - 1].iter().product();
+    let mut out_shape = vec![k];
+    out_shape.extend_from_slice(&shape[..n - 1]);
+    // A standard-layout (V, K) block is a Fortran-order (K, V) one: one tiled transpose.
+    let a = if a.is_standard_layout() {
+        a
+    } else {
+        a.as_standard_layout().into_owned()
+    };
+    let moved = a
+        .as_slice()
+        .and_then(|s| crate::array::fortran_to_c(s, &[k, voxels]))
+        .and_then(|v| ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&out_shape), v).ok());
+    match moved {
+        Some(m) => m,
+        None => {
+            let mut order = vec![n - 1];
+            order.extend(0..n - 1);
+            a.permuted_axes(order).as_standard_layout().into_owned()
+        }
+    }
 }
 
 /// Removes axis `axis` if it has length 1 (used for NIfTI vector images, whose

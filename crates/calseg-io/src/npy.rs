@@ -25,12 +25,44 @@ const MAGIC: &[u8] = b"\x93NUMPY";
 /// Reads a `.npy` file.
 pub fn read_npy(path: impl AsRef<Path>) -> Result<TypedArray> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|e| IoError::io(path, "read", e))?;
+    let bytes = crate::mapped::file_bytes(path)?;
     npy_from_bytes(&bytes, path)
 }
 
 /// Parses `.npy` bytes held in memory; `path` names them in errors.
 pub fn npy_from_bytes(bytes: &[u8], path: &Path) -> Result<TypedArray> {
+    let layout = npy_layout(bytes, path)?;
+    TypedArray::decode(
+        layout.dtype,
+        &layout.shape,
+        &bytes[layout.data_start..],
+        layout.fortran,
+        layout.little_endian,
+    )
+    .ok_or_else(|| IoError::Npy {
+        path: path.to_path_buf(),
+        reason: "data does not match the shape".into(),
+    })
+}
+
+/// Where and how the elements of a `.npy` file are stored (its checked header).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NpyLayout {
+    /// Element type.
+    pub(crate) dtype: DataType,
+    /// Byte order of the elements.
+    pub(crate) little_endian: bool,
+    /// `fortran_order` (first index fastest).
+    pub(crate) fortran: bool,
+    /// Shape in numpy's logical order.
+    pub(crate) shape: Vec<usize>,
+    /// Offset of the first element; the data run exactly to the end of the file.
+    pub(crate) data_start: usize,
+}
+
+/// Parses and checks the header of `.npy` bytes, including that the data have exactly
+/// the size the shape needs.
+pub(crate) fn npy_layout(bytes: &[u8], path: &Path) -> Result<NpyLayout> {
     let err = |reason: String| IoError::Npy {
         path: path.to_path_buf(),
         reason,
@@ -92,8 +124,13 @@ pub fn npy_from_bytes(bytes: &[u8], path: &Path) -> Result<TypedArray> {
             found: data.len() as u64,
         });
     }
-    TypedArray::decode(dtype, &shape, data, fortran, little)
-        .ok_or_else(|| err("data does not match the shape".into()))
+    Ok(NpyLayout {
+        dtype,
+        little_endian: little,
+        fortran,
+        shape,
+        data_start: end,
+    })
 }
 
 /// Maps a numpy `descr` to a type and byte order (true = little-endian).

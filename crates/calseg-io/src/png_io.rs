@@ -18,7 +18,7 @@ use std::path::Path;
 /// Reads a PNG as a `(height, width)` array: `U8` for bit depths up to 8, `U16` for 16.
 pub fn read_png(path: impl AsRef<Path>) -> Result<TypedArray> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|e| IoError::io(path, "read", e))?;
+    let bytes = crate::mapped::file_bytes(path)?;
     png_from_bytes(&bytes, path)
 }
 

@@ -117,7 +117,7 @@ pub fn write_safetensors(path: impl AsRef<Path>, tensors: &[NamedTensor]) -> Res
 /// Reads every tensor of a `.safetensors` file, in the order of their data in the file.
 pub fn read_safetensors(path: impl AsRef<Path>) -> Result<Vec<(String, TypedArray)>> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|e| IoError::io(path, "read", e))?;
+    let bytes = crate::mapped::file_bytes(path)?;
     safetensors_from_bytes(&bytes, path)
 }
 

@@ -4,7 +4,7 @@
 use super::output::{cell, macro_json, plot_reliability, to_json};
 use super::{EvalArgs, SplitArg, bad, io_bad, read_optional_labels};
 use crate::cli::{CliError, CliResult};
-use calseg_io::{CaseRef, Dataset, FloatArray};
+use calseg_io::{CaseRef, Dataset, ProbFile, ProbView};
 use calseg_metrics::{MacroReport, Report, ScoreSpec, Scorer, foreground_mean, macro_average};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -211,8 +211,8 @@ fn score_case(
             f.case.split
         ))
     })?;
-    let probs = calseg_io::read_probs(&f.prediction).map_err(io_bad)?;
-    let shape = probs.probs.shape();
+    let probs = ProbFile::open(&f.prediction).map_err(io_bad)?;
+    let shape = probs.shape();
     if shape.first() != Some(&n_classes) {
         return Err(bad(format!(
             "case {id}: {pred_name} has {} classes (shape {shape:?}, classes first), \
@@ -234,9 +234,9 @@ fn score_case(
     };
     let mask = mask.as_ref().map(|m| m.view());
     let spacing = &case.geometry.spacing;
-    let score = match &probs.probs {
-        FloatArray::F32(p) => pooled.update(p.view(), labels.view(), mask, spacing),
-        FloatArray::F64(p) => pooled.update(p.view(), labels.view(), mask, spacing),
+    let score = match probs.view() {
+        ProbView::F32(p) => pooled.update(p, labels.view(), mask, spacing),
+        ProbView::F64(p) => pooled.update(p, labels.view(), mask, spacing),
     }
     .map_err(|e| bad(format!("{}: {e}", context())))?;
     Ok(CaseResult {

@@ -24,7 +24,7 @@ pub use args::EvalArgs;
 use args::SplitArg;
 
 use super::{CliError, CliResult};
-use calseg_io::{FloatArray, LabelMap};
+use calseg_io::{LabelMap, ProbView};
 use calseg_metrics::{Evaluator, Input, MetricConfig, MetricsError, Probability};
 use ndarray::{ArrayD, ArrayViewD};
 use std::path::Path;
@@ -73,9 +73,9 @@ pub(super) fn accumulate<T: Probability>(
 }
 
 /// Arg-max label map of a probability map of either precision.
-pub(super) fn argmax_of(probs: &FloatArray) -> ArrayD<u32> {
+pub(super) fn argmax_of(probs: ProbView<'_>) -> ArrayD<u32> {
     match probs {
-        FloatArray::F32(p) => calseg_metrics::argmax(p.view()),
-        FloatArray::F64(p) => calseg_metrics::argmax(p.view()),
+        ProbView::F32(p) => calseg_metrics::argmax(p),
+        ProbView::F64(p) => calseg_metrics::argmax(p),
     }
 }

@@ -3,7 +3,7 @@
 use super::output::{cell, plot_reliability, to_json};
 use super::{EvalArgs, accumulate, argmax_of, bad, io_bad, read_optional_labels};
 use crate::cli::CliResult;
-use calseg_io::FloatArray;
+use calseg_io::{ProbFile, ProbView};
 use calseg_metrics::{Report, hd95_per_class};
 use std::path::Path;
 
@@ -14,7 +14,7 @@ pub(super) fn run_single(args: &EvalArgs) -> CliResult {
             "give --probs P and --labels Y, or --data DIR and --predictions DIR".to_owned(),
         ));
     };
-    let probs = calseg_io::read_probs(probs_path).map_err(io_bad)?;
+    let probs = ProbFile::open(probs_path).map_err(io_bad)?;
     let labels = calseg_io::read_labels(labels_path).map_err(io_bad)?;
     let mask = read_optional_labels(args.mask.as_deref())?;
     let pred = read_optional_labels(args.pred.as_deref())?;
@@ -29,21 +29,9 @@ pub(super) fn run_single(args: &EvalArgs) -> CliResult {
         files
     };
     let config = args.config();
-    let report = match &probs.probs {
-        FloatArray::F32(p) => accumulate(
-            p.view(),
-            &labels.labels,
-            mask.as_ref(),
-            pred.as_ref(),
-            config,
-        ),
-        FloatArray::F64(p) => accumulate(
-            p.view(),
-            &labels.labels,
-            mask.as_ref(),
-            pred.as_ref(),
-            config,
-        ),
+    let report = match probs.view() {
+        ProbView::F32(p) => accumulate(p, &labels.labels, mask.as_ref(), pred.as_ref(), config),
+        ProbView::F64(p) => accumulate(p, &labels.labels, mask.as_ref(), pred.as_ref(), config),
     }
     .and_then(|ev| ev.finish())
     .map_err(|e| bad(format!("evaluating {}: {e}", context())))?;
@@ -51,7 +39,7 @@ pub(super) fn run_single(args: &EvalArgs) -> CliResult {
     let hd95 = if args.hd95 {
         let predicted = match &pred {
             Some(p) => p.labels.clone(),
-            None => argmax_of(&probs.probs),
+            None => argmax_of(probs.view()),
         };
         let spacing = &labels.geometry.spacing;
         Some(
