@@ -229,19 +229,21 @@ impl ProbFile {
             ProbData::Mapped { bytes, at } => {
                 let shape = IxDyn(&at.shape).strides(IxDyn(&at.strides));
                 let ptr = bytes[at.offset..].as_ptr();
+                // The layout `in_place` accepted: it checked that the pointer is aligned for
+                // the element type, that every strided element lies inside `bytes`, that the
+                // strides permute a contiguous block (no element reached twice) and that the
+                // bytes hold native-order floats of this type. The view borrows `self`,
+                // which owns the bytes, and the bytes never move.
                 match at.float {
-                    // SAFETY: `in_place` accepted this layout only after checking that the
-                    // pointer is aligned for the element type, that every strided element
-                    // lies inside `bytes` (offset + span ≤ len), that the strides are a
-                    // permutation of a contiguous layout (no element reached twice) and
-                    // that the bytes hold native-order floats of this type. The view
-                    // borrows `self`, which owns the bytes, and the bytes never move.
                     Float::F32 => {
-                        ProbView::F32(unsafe { ArrayViewD::from_shape_ptr(shape, ptr.cast()) })
+                        // SAFETY: see the layout conditions above, for f32.
+                        let v = unsafe { ArrayViewD::from_shape_ptr(shape, ptr.cast::<f32>()) };
+                        ProbView::F32(v)
                     }
-                    // SAFETY: as above, for f64.
                     Float::F64 => {
-                        ProbView::F64(unsafe { ArrayViewD::from_shape_ptr(shape, ptr.cast()) })
+                        // SAFETY: see the layout conditions above, for f64.
+                        let v = unsafe { ArrayViewD::from_shape_ptr(shape, ptr.cast::<f64>()) };
+                        ProbView::F64(v)
                     }
                 }
             }
