@@ -446,7 +446,16 @@ pub(crate) fn image_to_labels(image: Image, path: &Path) -> Result<LabelMap> {
         problem,
     };
     let shape = image.shape().to_vec();
-    let labels: ArrayD<u32> = if image.scaling.is_none() && !image.datatype().is_float() {
+    // Unsigned types up to 32 bits cannot hold a bad label: widen without checks.
+    let unchecked = match (&image.data, image.scaling) {
+        (TypedArray::U8(a), None) => Some(a.mapv(u32::from)),
+        (TypedArray::U16(a), None) => Some(a.mapv(u32::from)),
+        (TypedArray::U32(a), None) => Some(a.clone()),
+        _ => None,
+    };
+    let labels: ArrayD<u32> = if let Some(l) = unchecked {
+        l
+    } else if image.scaling.is_none() && !image.datatype().is_float() {
         let mut out = Vec::with_capacity(image.data.len());
         with_array!(&image.data, a => {
             for (k, &v) in a.iter().enumerate() {
