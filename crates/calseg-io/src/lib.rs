@@ -79,12 +79,14 @@
 //! Fortran order, big-endian and `bool` handling under this crate's tests.
 
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod array;
 pub mod atomic;
 pub mod dataset;
 mod error;
 #[cfg(feature = "embedded-data")]
+#[cfg_attr(docsrs, doc(cfg(feature = "embedded-data")))]
 pub mod icbm152;
 mod image;
 pub mod mapped;

@@ -83,6 +83,7 @@
 //!   PNG rendering needs no system font library — no fontconfig, no freetype). DejaVu fonts
 //!   are under the Bitstream Vera Fonts license with DejaVu's changes in the public domain
 //!   (free to use, embed and redistribute); the `dejavu` crate's code is MIT/Apache-2.0.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod classwise;
 pub mod config;
@@ -95,6 +96,7 @@ pub mod hd95;
 pub mod input;
 pub mod overlap;
 #[cfg(feature = "plot")]
+#[cfg_attr(docsrs, doc(cfg(feature = "plot")))]
 pub mod plot;
 pub mod reliability;
 pub mod scores;

@@ -24,7 +24,7 @@
 //! - [`train`]: the trainer, its data sets and [`train::convergence`] (has the
 //!   validation Dice reached a plateau?).
 //! - [`optim`]: AdamW with a fused in-place update.
-//! - [`bench`]: the timed training step behind `calseg bench unet-step`.
+//! - [`bench`](mod@bench): the timed training step behind `calseg bench unet-step`.
 //! - [`init`]: seeded random tensors (candle's CPU RNG cannot be seeded).
 //!
 //! ```
