@@ -41,6 +41,7 @@ pub use calseg_vls::pipeline::{Calseg, CalsegConfig, CalsegRun};
 /// `Device::new_cuda(0)` in a CUDA build), re-exported so one dependency is enough.
 pub use candle_core::Device;
 
+pub mod device;
 pub mod error;
 pub mod experiment;
 pub mod report;

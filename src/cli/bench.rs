@@ -57,6 +57,8 @@ struct StepArgs {
     /// Seed of the weights, input and targets.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    #[command(flatten)]
+    device: super::DeviceArg,
     /// Use candle's own operators (the baseline) instead of the fast ones.
     #[arg(long)]
     stock: bool,
@@ -107,6 +109,7 @@ impl StepArgs {
             warmup: self.warmup,
             stock: self.stock,
             seed: self.seed,
+            device: self.device.open()?,
         })
     }
 }

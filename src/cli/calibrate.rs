@@ -38,6 +38,8 @@ pub struct CalibrateArgs {
     /// recorded in model.json, else 2).
     #[arg(long)]
     axis: Option<usize>,
+    #[command(flatten)]
+    device: super::DeviceArg,
 }
 
 /// Runs `calseg calibrate`.
@@ -54,7 +56,7 @@ pub fn run(args: CalibrateArgs) -> CliResult {
         }
         _ => None,
     };
-    let mut model = load_model(&args.model)?;
+    let mut model = load_model(&args.model, &args.device.open()?)?;
     let info = model.info().clone();
     let ds = open_dataset(&args.data)?;
     let (ds_channels, ds_classes) = (ds.info().channel_names.len(), ds.info().num_classes());

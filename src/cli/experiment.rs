@@ -34,6 +34,8 @@ pub struct ExperimentArgs {
     /// No progress bars (stage lines are still printed).
     #[arg(long)]
     quiet: bool,
+    #[command(flatten)]
+    device: super::DeviceArg,
 }
 
 fn read_config(path: Option<&PathBuf>) -> Result<ExperimentConfig, CliError> {
@@ -50,6 +52,7 @@ fn read_config(path: Option<&PathBuf>) -> Result<ExperimentConfig, CliError> {
 
 /// Runs `calseg experiment`.
 pub fn run(args: ExperimentArgs) -> CliResult {
+    let device = args.device.open()?;
     let mut cfg = read_config(args.config.as_ref())?;
     if let Some(d) = args.dims {
         cfg.dims = d;
@@ -74,6 +77,7 @@ pub fn run(args: ExperimentArgs) -> CliResult {
     let progress = StderrProgress;
     let out = Experiment::new(&ds, cfg, &args.out, masks, &progress)?
         .quiet(args.quiet)
+        .on(&device)
         .run()?;
     println!("{}", out.markdown);
     println!("report: {}", out.out.join("results.md").display());
@@ -102,12 +106,15 @@ pub struct DemoArgs {
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
+    #[command(flatten)]
+    device: super::DeviceArg,
 }
 
 /// Runs `calseg demo`: `calseg experiment` on the embedded ICBM152 brain (2D axial
 /// slices; train on the inferior slab, test on the superior slab; ECE over the brain
 /// mask).
 pub fn demo(args: DemoArgs) -> CliResult {
+    let device = args.device.open()?;
     let ds = calseg_io::icbm152::open().map_err(|e| CliError::Failed(e.to_string()))?;
     let mask = calseg_io::icbm152::brain_mask()
         .map_err(|e| CliError::Failed(e.to_string()))?
@@ -124,8 +131,9 @@ pub fn demo(args: DemoArgs) -> CliResult {
         cfg.methods = m;
     }
     let progress = StderrProgress;
-    let mut exp =
-        Experiment::new(&ds, cfg, &args.out, Masks::Shared(mask), &progress)?.quiet(args.quiet);
+    let mut exp = Experiment::new(&ds, cfg, &args.out, Masks::Shared(mask), &progress)?
+        .quiet(args.quiet)
+        .on(&device);
     exp = exp.note(if args.quick {
         "calseg demo --quick: a smoke test with a tiny training budget — these numbers are NOT a comparison of the methods; run `calseg demo` for that."
     } else {

@@ -39,3 +39,21 @@ impl CliError {
 
 /// Result of a subcommand.
 pub type CliResult = Result<(), CliError>;
+
+/// `--device cpu|cuda[:N]`, shared by every command that trains or predicts
+/// ([`calseg::device`]).
+#[derive(clap::Args, Debug, Clone)]
+pub struct DeviceArg {
+    /// Where the networks run: cpu, cuda or cuda:N (CUDA needs a build with
+    /// `--features cuda`; see the README).
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]")]
+    pub device: String,
+}
+
+impl DeviceArg {
+    /// Opens the device (exit 2 with a clear message when it is not available).
+    pub fn open(&self) -> Result<candle_core::Device, CliError> {
+        let spec: calseg::device::DeviceSpec = self.device.parse()?;
+        Ok(spec.open()?)
+    }
+}

@@ -48,6 +48,8 @@ pub struct PredictArgs {
     /// Slices or sliding windows per forward pass.
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
+    #[command(flatten)]
+    device: super::DeviceArg,
 }
 
 /// Case id of an image file: its name without `.nii.gz` (or its last extension).
@@ -126,8 +128,8 @@ pub(crate) fn in_case(what: &str, e: CliError) -> CliError {
 }
 
 /// Loads a model folder (exit 2 naming the file on failure).
-pub(crate) fn load_model(dir: &Path) -> Result<SegModel, CliError> {
-    SegModel::load(dir).map_err(|e| bad(format!("model {}: {e}", dir.display())))
+pub(crate) fn load_model(dir: &Path, device: &candle_core::Device) -> Result<SegModel, CliError> {
+    SegModel::load_on(dir, device).map_err(|e| bad(format!("model {}: {e}", dir.display())))
 }
 
 /// Runs `calseg predict`.
@@ -142,7 +144,7 @@ pub fn run(args: PredictArgs) -> CliResult {
     if args.batch_size == 0 {
         return Err(bad("--batch-size must be positive"));
     }
-    let model = load_model(&args.model)?;
+    let model = load_model(&args.model, &args.device.open()?)?;
     let (channels, dims) = (model.info().in_channels, model.info().unet.dims);
     let opts = InferOptions {
         temperature: args.temperature,

@@ -17,7 +17,6 @@ use calseg_seg::net::UNetConfig;
 use calseg_seg::train::{
     Layout, SetOptions, TargetSource, TrainReport, TrainSet, Trainable, Trainer, TrainerConfig,
 };
-use candle_core::Device;
 use clap::Args;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -52,6 +51,8 @@ pub struct TrainArgs {
     /// Training budget, seed and resume.
     #[command(flatten)]
     run: TrainFlags,
+    #[command(flatten)]
+    device: super::DeviceArg,
     /// Width of the U-Net's first level.
     #[arg(long, default_value_t = 16)]
     base: usize,
@@ -345,6 +346,7 @@ pub fn run(args: TrainArgs) -> CliResult {
     };
     let loss = loss_cfg.build_arc().map_err(seg_err)?;
     args.run.check()?;
+    let device = args.device.open()?;
     if args.base == 0 || !(1..=8).contains(&args.depth) {
         return Err(bad("--base must be positive and --depth in 1..=8"));
     }
@@ -409,7 +411,7 @@ pub fn run(args: TrainArgs) -> CliResult {
         // The axis of the slice-wise validation split, for `calseg calibrate`.
         o.insert("val_split_axis".into(), serde_json::json!(args.axis));
     }
-    let model = SegModel::new(&ucfg, args.run.seed, &Device::Cpu)
+    let model = SegModel::new(&ucfg, args.run.seed, &device)
         .map_err(seg_err)?
         .with_loss(loss)
         .with_method(method_json)

@@ -50,6 +50,8 @@ pub struct VlsTrainArgs {
     /// Training budget, seed and resume.
     #[command(flatten)]
     run: VlsTrainFlags,
+    #[command(flatten)]
+    device: super::DeviceArg,
     /// Width of the trunk U-Net's first level.
     #[arg(long, default_value_t = 8)]
     base: usize,
@@ -184,6 +186,8 @@ pub struct VlsSmoothArgs {
     /// 2D model on volumes: slices per forward pass.
     #[arg(long, default_value_t = 8)]
     batch: usize,
+    #[command(flatten)]
+    device: super::DeviceArg,
 }
 
 /// Runs `calseg vls …`.
@@ -203,6 +207,7 @@ fn vls_err(e: VlsError) -> CliError {
 fn train(args: VlsTrainArgs) -> CliResult {
     let run = args.run.shared();
     run.check()?;
+    let device = args.device.open()?;
     let ds = open_dataset(&args.data)?;
     let cfg = VlsConfig {
         dims: args.dims,
@@ -238,7 +243,7 @@ fn train(args: VlsTrainArgs) -> CliResult {
     // target (computed here from the hard labels; a batch of slices cannot see its
     // neighbours); otherwise the model smooths the one-hot targets itself.
     let volume_target = cfg.volume_target && cfg.dims == 2 && nsp == 3;
-    let model = VlsModel::new(&cfg, run.seed, &Device::Cpu).map_err(vls_err)?;
+    let model = VlsModel::new(&cfg, run.seed, &device).map_err(vls_err)?;
     for c in train_cases.iter_mut().chain(val_cases.iter_mut()) {
         c.soft_label = match (&c.label, volume_target) {
             (Some(l), true) => Some(noise_target(&model, l).map_err(vls_err)?),
@@ -329,8 +334,8 @@ fn save_vls(model: &VlsModel, dir: &Path) -> Result<(), CliError> {
 }
 
 /// Loads a VLS model folder (exit 2 naming the file on failure).
-fn load_vls(dir: &Path) -> Result<VlsModel, CliError> {
-    VlsModel::load_dir(dir, &Device::Cpu).map_err(bad)
+fn load_vls(dir: &Path, device: &Device) -> Result<VlsModel, CliError> {
+    VlsModel::load_dir(dir, device).map_err(bad)
 }
 
 /// Parses `i/n` with `n ≥ 1` and `i < n`.
@@ -351,7 +356,7 @@ fn parse_shard(s: &str) -> Result<(usize, usize), CliError> {
 
 fn smooth(args: VlsSmoothArgs) -> CliResult {
     let (shard, shards) = parse_shard(&args.shard)?;
-    let model = load_vls(&args.model)?;
+    let model = load_vls(&args.model, &args.device.open()?)?;
     let calib = Calibration::load(&args.model).map_err(bad)?;
     let defaults = SmoothConfig::default();
     let tau = args

@@ -25,6 +25,7 @@ use calseg_seg::score::{EvalCase, score_case};
 use calseg_seg::train::{Layout, TargetSource, TrainerConfig};
 use calseg_vls::mix;
 use calseg_vls::pipeline::{Calseg, CalsegConfig, CalsegRun};
+use candle_core::Device;
 use ndarray::{ArrayD, Axis, Ix2};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -131,6 +132,7 @@ pub struct Experiment<'a> {
     progress: &'a dyn Progress,
     quiet: bool,
     note: Option<String>,
+    device: Device,
 }
 
 /// Reliability bins per method.
@@ -211,12 +213,19 @@ impl<'a> Experiment<'a> {
             progress,
             quiet: false,
             note: None,
+            device: Device::Cpu,
         })
     }
 
     /// Hides the trainers' progress bars.
     pub fn quiet(mut self, quiet: bool) -> Self {
         self.quiet = quiet;
+        self
+    }
+
+    /// Runs every network (smoother and segmentation nets) on `device` (default: CPU).
+    pub fn on(mut self, device: &Device) -> Self {
+        self.device = device.clone();
         self
     }
 
@@ -453,7 +462,7 @@ impl<'a> Experiment<'a> {
             train: self.budget(&self.cfg.train),
             loss: self.cfg.loss.loss(method),
             layout: self.layout(),
-            ..NetRecipe::default()
+            device: self.device.clone(),
         }
     }
 

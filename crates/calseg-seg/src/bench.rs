@@ -41,6 +41,9 @@ pub struct StepConfig {
     pub stock: bool,
     /// Seed of the weights, the input and the targets.
     pub seed: u64,
+    /// Where the step runs (`Device::Cpu` by default; a CUDA device in a `cuda` build).
+    #[serde(skip)]
+    pub device: Device,
 }
 
 impl Default for StepConfig {
@@ -58,6 +61,7 @@ impl Default for StepConfig {
             warmup: 1,
             stock: false,
             seed: 0,
+            device: Device::Cpu,
         }
     }
 }
@@ -79,6 +83,8 @@ pub struct StepTimings {
     pub params: usize,
     /// Rayon threads used by the fast ops.
     pub threads: usize,
+    /// Where it ran (`cpu`, `cuda:0`).
+    pub device: String,
     /// `"fast"` or `"stock"`.
     pub backend: String,
     /// The configuration that was run.
@@ -104,6 +110,7 @@ type StepFn = Box<dyn FnMut(&candle_core::backprop::GradStore) -> candle_core::R
 /// One U-Net training step, set up once and run repeatedly (used by [`unet_step`] and
 /// the criterion bench).
 pub struct Stepper {
+    dev: Device,
     net: UNet,
     x: candle_core::Tensor,
     t: candle_core::Tensor,
@@ -130,7 +137,7 @@ impl Stepper {
     /// (seed `cfg.seed + 1`), and AdamW (lr 1e-3, weight decay 1e-4): candle-nn's with
     /// `stock`, the fused [`crate::optim::AdamW`] otherwise (same update).
     pub fn new(cfg: &StepConfig) -> Result<Self> {
-        let dev = Device::Cpu;
+        let dev = cfg.device.clone();
         let backend = if cfg.stock {
             Backend::Stock
         } else {
@@ -170,6 +177,7 @@ impl Stepper {
             Box::new(move |g| o.step(g))
         };
         Ok(Self {
+            dev,
             net,
             x,
             t,
@@ -196,9 +204,12 @@ impl Stepper {
         let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         let t1 = Instant::now();
         let grads = loss.backward()?;
+        // A GPU runs asynchronously: wait for it before reading the clock (no-op on CPU).
+        self.dev.synchronize()?;
         let t2 = Instant::now();
         (self.opt)(&grads)?;
         drop(grads);
+        self.dev.synchronize()?;
         let t3 = Instant::now();
         Ok(Phases {
             fwd_s: (t1 - t0).as_secs_f64(),
@@ -236,6 +247,7 @@ pub fn unet_step(cfg: &StepConfig) -> Result<StepTimings> {
         losses,
         params,
         threads: rayon::current_num_threads(),
+        device: crate::device_name(&cfg.device),
         backend: if cfg.stock { "stock" } else { "fast" }.into(),
         config: cfg.clone(),
     })

@@ -80,3 +80,12 @@ pub mod score;
 pub mod train;
 
 pub use error::{Result, SegError};
+
+/// The name of a candle device for reports and JSON: `cpu`, `cuda:N`, `metal:N`.
+pub fn device_name(device: &candle_core::Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
