@@ -93,6 +93,7 @@ pub mod error;
 pub mod evaluator;
 pub mod hd95;
 pub mod input;
+pub mod monai;
 pub mod overlap;
 #[cfg(feature = "plot")]
 pub mod plot;
@@ -110,7 +111,11 @@ pub use error::MetricsError;
 pub use evaluator::{Evaluator, MacroReport, Report, evaluate, macro_average};
 pub use hd95::{euclidean_distance_transform, hd95_per_class};
 pub use input::{Input, Label, MaskValue, Probability};
-pub use overlap::{Overlap, OverlapReport, dice_from_counts, iou_from_counts, nanmean};
+pub use monai::MonaiCalibration;
+pub use overlap::{
+    MAX_HARD_CLASSES, Overlap, OverlapReport, dice_from_counts, hard_overlap, iou_from_counts,
+    nanmean,
+};
 pub use reliability::ReliabilityBin;
 pub use scores::{ProperScores, Scores};
 pub use scoring::{
