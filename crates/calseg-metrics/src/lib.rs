@@ -1,6 +1,7 @@
 //! # calseg-metrics — streaming calibration and overlap metrics for segmentation
 //!
-//! Calibration (ECE, MCE, RMSCE, ACE, class-wise ECE, reliability diagrams), proper scores
+//! Calibration (ECE, MCE, RMSCE, ACE = average calibration error, class-wise ECE, reliability
+//! diagrams, MONAI's per-class conventions in [`monai`]), proper scores
 //! (Brier, NLL) and overlap (Dice, IoU, HD95) of a probability map against a label map,
 //! computed in one pass, in parallel, over volumes of any size and any number of spatial
 //! axes.

@@ -20,7 +20,7 @@ fn reference_edges(n: usize) -> Vec<f32> {
     let step = end / n as f32;
     (0..=n)
         .map(|k| {
-            if k < (n + 1) / 2 {
+            if k < n.div_ceil(2) {
                 step * k as f32
             } else {
                 (-step).mul_add((n - k) as f32, end)
@@ -201,11 +201,12 @@ fn seeded_images_agree_with_monai_formula_to_1e_9() {
             let (p, y) = random_image(&mut rng, k, n, n_bins);
             let r = report(&p, &y, &config);
             let want = reference_image(&p, &y, n_bins);
-            for c in 0..k {
+            assert_eq!(want.len(), k);
+            for (c, w) in want.iter().enumerate() {
                 let what = format!("seed {seed} K {k} bins {n_bins} class {c}");
-                close(r.class_ece[c], want[c][0], &format!("{what} ECE"));
-                close(r.class_mce[c], want[c][1], &format!("{what} MCE"));
-                close(r.class_ace[c], want[c][2], &format!("{what} average CE"));
+                close(r.class_ece[c], w[0], &format!("{what} ECE"));
+                close(r.class_mce[c], w[1], &format!("{what} MCE"));
+                close(r.class_ace[c], w[2], &format!("{what} average CE"));
             }
             for (m, t) in tables.iter_mut().enumerate() {
                 t.push(want.iter().map(|w| w[m]).collect::<Vec<f64>>());
@@ -260,20 +261,20 @@ fn every_edge_and_its_neighbours() {
         let y: Vec<u8> = (0..n).map(|i| ((i / 2) % 2) as u8).collect();
         let r = report(&p, &y, &MetricConfig::monai().bins(n_bins));
         let want = reference_image(&p, &y, n_bins);
-        for c in 0..2 {
+        for (c, w) in want.iter().enumerate() {
             close(
                 r.class_ece[c],
-                want[c][0],
+                w[0],
                 &format!("{n_bins} bins class {c} ECE"),
             );
             close(
                 r.class_mce[c],
-                want[c][1],
+                w[1],
                 &format!("{n_bins} bins class {c} MCE"),
             );
             close(
                 r.class_ace[c],
-                want[c][2],
+                w[2],
                 &format!("{n_bins} bins class {c} ACE"),
             );
         }
