@@ -481,5 +481,18 @@ fn convention_monai_reduces_over_cases() {
         let mean = r.class_ece.iter().sum::<f64>() / r.class_ece.len() as f64;
         assert!(close(case["monai"]["ece"].as_f64().unwrap(), mean), "{id}");
     }
+    let table = eval(&[
+        "--data",
+        s(&fx.data),
+        "--predictions",
+        s(&fx.preds),
+        "--convention",
+        "monai",
+    ]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("MONAI CalibrationErrorMetric") && text.contains(&format!("{:.4}", want.ece)),
+        "{text}"
+    );
     let _ = std::fs::remove_dir_all(&fx.root);
 }

@@ -162,6 +162,7 @@ pub(super) fn run_dataset(args: &EvalArgs, data: &Path, predictions: &Path) -> C
         plot_reliability(&pooled, "pooled: ", &dir.join("reliability_pooled.png"))?;
     }
 
+    let monai = monai_of(args, &reports, &data.display().to_string())?;
     if args.json {
         let mut cases = serde_json::Map::new();
         for r in &results {
@@ -171,7 +172,6 @@ pub(super) fn run_dataset(args: &EvalArgs, data: &Path, predictions: &Path) -> C
                 with_monai(to_json(&r.report, r.hd95.as_deref()), m.as_ref()),
             );
         }
-        let monai = monai_of(args, &reports, &data.display().to_string())?;
         let out = with_monai(
             json!({
                 "split": split.name(),
@@ -197,6 +197,16 @@ pub(super) fn run_dataset(args: &EvalArgs, data: &Path, predictions: &Path) -> C
                 split
             )
         );
+        if let Some(m) = &monai {
+            println!(
+                "\nMONAI CalibrationErrorMetric (one-vs-rest per class, mean over classes, then \
+                 over {} cases): ECE {}  MCE {}  average CE {}",
+                m.n_images,
+                cell(m.ece, 4),
+                cell(m.mce, 4),
+                cell(m.average_ce, 4)
+            );
+        }
     }
     Ok(())
 }
