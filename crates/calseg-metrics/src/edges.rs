@@ -38,11 +38,12 @@
 //! agrees with torchmetrics' own per-class numbers). The index `−1` arises only for a
 //! *negative* confidence — which torchmetrics never bins (it softmaxes or sigmoids any
 //! input outside `[0, 1]` first) and which calseg rejects as a typed error
-//! ([`MetricsError::ProbabilityOutOfRange`]) instead of binning — or in torchmetrics
-//! before 0.10 (`bucketize(conf, edges) − 1`, `right=False`, `n` bins), where `0.0` gave
-//! `−1` and `scatter_add_` stopped with "index −1 is out of bounds" (no wrap-around to the
-//! last bin). So no input calseg accepts has a torchmetrics index of `−1`: nothing is put
-//! in a bin torch would not use.
+//! ([`MetricsError::ProbabilityOutOfRange`]) instead of binning — or in older torchmetrics
+//! releases (`bucketize(conf, edges) − 1` with `right=False` and `n` bins), where `0.0`
+//! gave `−1` and torch's `scatter_add_` raised an out-of-bounds error (it does not wrap a
+//! negative index around to the last bin). So no input calseg accepts has a torchmetrics
+//! index of `−1`: nothing is put in a bin torch would not use, and nothing is refused that
+//! torchmetrics 1.9 scores.
 //!
 //! **MONAI** (`monai.metrics.CalibrationErrorMetric`, MONAI 1.6): edges
 //! `torch.linspace(0, 1 + ε, n + 1)` in float32 with `ε = 2⁻²³` (float32's machine
