@@ -344,3 +344,121 @@ fn bad_input_exits_2_naming_the_problem() {
     assert!(!bad_plot.exists());
     let _ = std::fs::remove_dir_all(&scratch_dir);
 }
+
+/// `--convention monai`: MONAI's bins (20, edges `linspace(0, 1 + ε)`, `(lo, hi]`) and the
+/// `monai` object — on the case computed by hand in calseg-metrics' `monai_reference`
+/// tests (ECE 0.35, MCE 0.625, average CE 0.3129…), and on a reference case equal to the
+/// library's `MonaiCalibration`. `ace` and `average_ce` are the same number.
+#[test]
+fn convention_monai() {
+    use calseg::metrics::MonaiCalibration;
+    let dir = scratch("monai");
+    let p = dir.join("P.npy");
+    let y = dir.join("Y.npy");
+    let probs = ndarray::Array2::from_shape_vec(
+        (2, 5),
+        vec![1.0f32, 0.75, 0.74, 0.0, 0.0, 0.0, 0.25, 0.26, 1.0, 1.0],
+    )
+    .unwrap();
+    io::write_npy(&p, &probs).unwrap();
+    io::write_npy(&y, &ndarray::arr1(&[0u8, 1, 0, 1, 0])).unwrap();
+    let got = eval_json(&["--probs", s(&p), "--labels", s(&y), "--convention", "monai"]);
+    assert_eq!(
+        (got["bins"].as_u64(), got["edges"].as_str()),
+        (Some(20), Some("monai"))
+    );
+    assert_eq!(got["ace"], got["average_ce"]);
+    let m = &got["monai"];
+    assert_eq!(m["channels"], serde_json::json!([0, 1]));
+    assert_eq!(m["include_background"], true);
+    for (key, want) in [("ece", 0.35), ("mce", 0.625), ("average_ce", 0.3129166666)] {
+        assert!(
+            (m[key].as_f64().unwrap() - want).abs() < 1e-7,
+            "{key}: {}",
+            m[key]
+        );
+    }
+    for (key, want) in [
+        ("ece_per_class", [0.298, 0.402]),
+        ("mce_per_class", [0.5, 0.75]),
+        ("average_ce_per_class", [0.745 / 3.0, 0.3775]),
+    ] {
+        for c in 0..2 {
+            assert!(
+                (m[key][c].as_f64().unwrap() - want[c]).abs() < 1e-7,
+                "{key}[{c}]"
+            );
+        }
+    }
+    // --bins changes MONAI's bin count; the table shows the MONAI block.
+    let ten = eval_json(&[
+        "--probs",
+        s(&p),
+        "--labels",
+        s(&y),
+        "--convention",
+        "monai",
+        "--bins",
+        "10",
+    ]);
+    assert_eq!(ten["bins"], 10);
+    let out = eval(&["--probs", s(&p), "--labels", s(&y), "--convention", "monai"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("MONAI CalibrationErrorMetric"));
+    // Flags that contradict MONAI's conventions are refused.
+    assert_bad_input(
+        &[
+            "--probs",
+            s(&p),
+            "--labels",
+            s(&y),
+            "--convention",
+            "monai",
+            "--edges",
+            "left",
+        ],
+        "--edges left",
+    );
+    assert_bad_input(
+        &[
+            "--probs",
+            s(&p),
+            "--labels",
+            s(&y),
+            "--convention",
+            "monai",
+            "--region",
+            "foreground",
+        ],
+        "--region",
+    );
+    // A reference case: the CLI's monai object is the library's.
+    let case = reference("random_c3_32x32");
+    let got = eval_json(&[
+        "--probs",
+        s(&case.join("P.npy")),
+        "--labels",
+        s(&case.join("Y.npy")),
+        "--convention",
+        "monai",
+    ]);
+    let probs = io::read_probs(case.join("P.npy")).unwrap();
+    let labels = io::read_labels(case.join("Y.npy")).unwrap();
+    let io::FloatArray::F32(pa) = &probs.probs else {
+        panic!("float32 reference")
+    };
+    let mut ev = Evaluator::new(MetricConfig::monai()).unwrap();
+    ev.update(pa.view(), labels.labels.view()).unwrap();
+    let want = MonaiCalibration::from_reports(&[ev.finish().unwrap()], true).unwrap();
+    assert!(close(got["monai"]["ece"].as_f64().unwrap(), want.ece));
+    assert!(close(
+        got["monai"]["average_ce"].as_f64().unwrap(),
+        want.average_ce
+    ));
+    for c in 0..3 {
+        assert!(close(
+            got["monai"]["mce_per_class"][c].as_f64().unwrap(),
+            want.mce_per_class[c]
+        ));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -438,3 +438,61 @@ fn bad_predictions_exit_2_naming_the_file() {
     assert_eq!(ok["n_cases"], 3);
     let _ = std::fs::remove_dir_all(&fx.root);
 }
+
+/// `--convention monai` in dataset mode: each case gets MONAI's per-image values, and the
+/// top-level `monai` object reduces the cases as MONAI's "mean" / "mean_batch" do — the
+/// library's [`MonaiCalibration`] of the per-case reports.
+#[test]
+fn convention_monai_reduces_over_cases() {
+    use calseg::metrics::MonaiCalibration;
+    let fx = fixture("monai");
+    let got = eval_json(&[
+        "--data",
+        s(&fx.data),
+        "--predictions",
+        s(&fx.preds),
+        "--convention",
+        "monai",
+    ]);
+    let cfg = MetricConfig::monai();
+    let reports: Vec<Report> = fx
+        .test
+        .iter()
+        .map(|(_, l, p)| evaluate(p.view(), l.view(), &cfg).unwrap())
+        .collect();
+    let want = MonaiCalibration::from_reports(&reports, true).unwrap();
+    let m = &got["monai"];
+    assert_eq!(m["n_images"], 3);
+    for (key, w) in [
+        ("ece", want.ece),
+        ("mce", want.mce),
+        ("average_ce", want.average_ce),
+    ] {
+        assert!(close(m[key].as_f64().unwrap(), w), "{key}");
+    }
+    for (i, w) in want.ece_per_class.iter().enumerate() {
+        assert!(close(m["ece_per_class"][i].as_f64().unwrap(), *w));
+    }
+    for ((id, _, _), r) in fx.test.iter().zip(&reports) {
+        let case = &got["cases"][id];
+        assert_eq!(case["edges"], "monai");
+        assert_eq!(case["bins"], 20);
+        assert_eq!(case["monai"]["n_images"], 1);
+        let mean = r.class_ece.iter().sum::<f64>() / r.class_ece.len() as f64;
+        assert!(close(case["monai"]["ece"].as_f64().unwrap(), mean), "{id}");
+    }
+    let table = eval(&[
+        "--data",
+        s(&fx.data),
+        "--predictions",
+        s(&fx.preds),
+        "--convention",
+        "monai",
+    ]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("MONAI CalibrationErrorMetric") && text.contains(&format!("{:.4}", want.ece)),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&fx.root);
+}

@@ -173,6 +173,27 @@ impl MetricConfig {
         }
     }
 
+    /// MONAI's `CalibrationErrorMetric` defaults (MONAI 1.6): 20 bins with MONAI's edges
+    /// `linspace(0, 1 + ε, 21)` and `(lo, hi]` binning ([`EdgeConvention::Monai`]), every
+    /// voxel, class-wise (one-vs-rest per class channel) over all classes. The per-class
+    /// ECE/MCE/average CE of a [`Report`](crate::Report) made with it are MONAI's values;
+    /// [`MonaiCalibration`](crate::MonaiCalibration) applies MONAI's reductions.
+    ///
+    /// ```
+    /// use calseg_metrics::{EdgeConvention, MetricConfig};
+    /// let m = MetricConfig::monai();
+    /// assert_eq!((m.n_bins, m.edges), (20, EdgeConvention::Monai));
+    /// ```
+    pub fn monai() -> Self {
+        MetricConfig {
+            n_bins: 20,
+            edges: EdgeConvention::Monai,
+            region: Region::All,
+            cece_classes: CeceClasses::All,
+            ..MetricConfig::default()
+        }
+    }
+
     /// Sets the number of bins.
     pub fn bins(mut self, n_bins: usize) -> Self {
         self.n_bins = n_bins;

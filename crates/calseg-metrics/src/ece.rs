@@ -14,6 +14,13 @@
 //! ACE   = mean_{b: n_b > 0} |acc_b − conf_b|         (0 if no bin is occupied)
 //! ```
 //!
+//! **Which ACE.** `ace` is the *average* calibration error: the unweighted mean gap over
+//! the non-empty equal-width bins — netcal's `ACE` and MONAI's `"average"` reduction
+//! (its "ACE"), also reported under the JSON key `average_ce` (`ace` is kept as its alias).
+//! It is **not** the *adaptive* calibration error of Nixon et al. (2019), which uses
+//! equal-mass bins (the same number of predictions per bin); calseg does not compute
+//! that one, and no key or field is named after it.
+//!
 //! Counts are exact (`u64`), sums are f64, so ECE over 10⁷ voxels is exact to ~1e-16
 //! (torchmetrics sums in f32 and drifts by ~1e-4 there).
 
@@ -38,7 +45,8 @@ pub struct Calibration {
     pub mce: f64,
     /// Root-mean-square calibration error (L2, weighted by bin mass).
     pub rmsce: f64,
-    /// Average calibration error: unweighted mean gap over occupied bins.
+    /// Average calibration error: unweighted mean gap over occupied bins (netcal's and
+    /// MONAI's "ACE"; not Nixon et al.'s adaptive ACE — see the [module docs](self)).
     pub ace: f64,
     /// Fraction of hits (top-label: accuracy; one class `c`: frequency of `y == c`).
     pub accuracy: f64,

@@ -25,10 +25,33 @@
 //! | [`LeftClosed`](EdgeConvention::LeftClosed) (default) | `[e_b, e_{b+1})`, last bin `[e_{n−1}, 1]` | bin 0 | bin `n−1` | bin `k` (upper) |
 //! | [`RightClosed`](EdgeConvention::RightClosed) (SVLS/MbLS/NACL code) | `(e_b, e_{b+1}]` | **no bin**, still counted in `N` | bin `n−1` | bin `k−1` (lower) |
 //! | [`Torchmetrics`](EdgeConvention::Torchmetrics) | `[e_b, e_{b+1})` plus an extra bin `n` | bin 0 | extra bin `n` (holds only `1.0`) | bin `k` (upper) |
+//! | [`Monai`](EdgeConvention::Monai) (edges `linspace(0, 1 + ε, n + 1)`) | `(e_b, e_{b+1}]`, bin 0 `[0, e_1]` | bin 0 | bin `n−1` | bin `k−1` (lower) |
 //!
 //! `Torchmetrics` reproduces torchmetrics 1.9 exactly, including its extra `(n+1)`-th bin
 //! for confidence `== 1.0` (torchmetrics issue #3510); it exists to compare with published
 //! torchmetrics numbers, not as a recommendation.
+//!
+//! **torchmetrics and confidence 0 (decision: reproduced, nothing to refuse).**
+//! torchmetrics 1.9 bins with `bucketize(conf, edges, right=True) − 1`, i.e. the number of
+//! edges `≤ conf` minus one: `0.0` has one such edge (`e_0 = 0`) and lands in bin 0, as
+//! here (the reference case `conf_one_c3`, whose class probabilities are often exactly 0,
+//! agrees with torchmetrics' own per-class numbers). The index `−1` arises only for a
+//! *negative* confidence — which torchmetrics never bins (it softmaxes or sigmoids any
+//! input outside `[0, 1]` first) and which calseg rejects as a typed error
+//! ([`MetricsError::ProbabilityOutOfRange`]) instead of binning — or in older torchmetrics
+//! releases (`bucketize(conf, edges) − 1` with `right=False` and `n` bins), where `0.0`
+//! gave `−1` and torch's `scatter_add_` raised an out-of-bounds error (it does not wrap a
+//! negative index around to the last bin). So no input calseg accepts has a torchmetrics
+//! index of `−1`: nothing is put in a bin torch would not use, and nothing is refused that
+//! torchmetrics 1.9 scores.
+//!
+//! **MONAI** (`monai.metrics.CalibrationErrorMetric`, MONAI 1.6): edges
+//! `torch.linspace(0, 1 + ε, n + 1)` in float32 with `ε = 2⁻²³` (float32's machine
+//! epsilon; [`torch_linspace_f32_to`] with `end = 1 + ε`) and the bin
+//! `clamp(bucketize(x, edges[1:], right=False), max = n − 1)`: the number of inner edges
+//! *strictly below* `x`. So a bin is `(e_b, e_{b+1}]` — right-closed, although MONAI's
+//! docstring calls `right=False` "`[left, right)`" — bin 0 also holds `0.0`, and `1.0`
+//! (below `e_n = 1 + ε`) lands in the last bin, never in an extra one.
 
 use crate::MetricsError;
 
@@ -52,6 +75,10 @@ pub enum EdgeConvention {
     /// torchmetrics' exact behaviour (CLI `--edges torchmetrics`): `[lo, hi)` and an extra
     /// `(n+1)`-th bin that holds only confidence `== 1.0`.
     Torchmetrics,
+    /// MONAI's `CalibrationErrorMetric` (CLI `--edges monai`, part of `--convention
+    /// monai`): edges `linspace(0, 1 + ε, n + 1)` (float32, `ε = 2⁻²³`), bins
+    /// `(lo, hi]` with `0.0` in bin 0 and `1.0` in the last bin.
+    Monai,
 }
 
 impl EdgeConvention {
@@ -71,20 +98,22 @@ impl std::fmt::Display for EdgeConvention {
             EdgeConvention::LeftClosed => "left",
             EdgeConvention::RightClosed => "right",
             EdgeConvention::Torchmetrics => "torchmetrics",
+            EdgeConvention::Monai => "monai",
         })
     }
 }
 
 impl std::str::FromStr for EdgeConvention {
     type Err = MetricsError;
-    /// Parses the CLI spellings `left`, `right`, `torchmetrics`.
+    /// Parses the CLI spellings `left`, `right`, `torchmetrics`, `monai`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "left" => Ok(EdgeConvention::LeftClosed),
             "right" => Ok(EdgeConvention::RightClosed),
             "torchmetrics" => Ok(EdgeConvention::Torchmetrics),
+            "monai" => Ok(EdgeConvention::Monai),
             _ => Err(MetricsError::InvalidConfig(format!(
-                "unknown edge convention {s:?} (expected left, right or torchmetrics)"
+                "unknown edge convention {s:?} (expected left, right, torchmetrics or monai)"
             ))),
         }
     }
@@ -101,16 +130,38 @@ impl std::str::FromStr for EdgeConvention {
 /// assert_ne!(e[3], (3.0f64 / 15.0) as f32); // torch's edge differs from f32(3/15) by 1 ulp
 /// ```
 pub fn torch_linspace_f32(n_bins: usize) -> Vec<f32> {
+    torch_linspace_f32_to(1.0, n_bins)
+}
+
+/// Float32 machine epsilon `2⁻²³` (`torch.finfo(torch.float32).eps`): MONAI's last edge is
+/// `1 + MONAI_EPS`.
+pub const MONAI_EPS: f32 = f32::EPSILON;
+
+/// The `n + 1` edges of `torch.linspace(0, end, n + 1, dtype=torch.float32)`: the rule of
+/// the [module docs](self) with `step = f32(end / n)` and `end` in place of 1 (`end` in
+/// `[1, 2]`; every product and difference is exact in f64 before its one rounding).
+/// MONAI's edges are `torch_linspace_f32_to(1.0 + MONAI_EPS, n)`.
+///
+/// ```
+/// use calseg_metrics::edges::{MONAI_EPS, torch_linspace_f32_to};
+/// let e = torch_linspace_f32_to(1.0 + MONAI_EPS, 20);
+/// assert_eq!((e[0], e[20]), (0.0, 1.0 + MONAI_EPS));
+/// // 19·(1 + ε)/20 to float32: just above 0.95, whose float32 lands in the bin below it.
+/// assert!((f64::from(e[19]) - 19.0 * (1.0 + f64::from(MONAI_EPS)) / 20.0).abs() < 6e-8);
+/// assert!(e[19] > 0.95f32);
+/// ```
+pub fn torch_linspace_f32_to(end: f32, n_bins: usize) -> Vec<f32> {
     let steps = n_bins + 1;
-    let step = 1.0f32 / n_bins as f32; // f32 division, as torch
+    let step = end / n_bins as f32; // f32 division, as torch
     let s = f64::from(step);
+    let end = f64::from(end);
     let half = steps / 2;
     (0..steps)
         .map(|k| {
             if k < half {
                 (s * k as f64) as f32 // exact product in f64, one rounding
             } else {
-                (1.0 - s * (n_bins - k) as f64) as f32 // exact in f64, one rounding (= fma)
+                (end - s * (n_bins - k) as f64) as f32 // exact in f64, one rounding (= fma)
             }
         })
         .collect()
@@ -135,10 +186,14 @@ impl BinEdges {
                 "number of bins must be in 1..={MAX_BINS}, got {n_bins}"
             )));
         }
+        let end = match convention {
+            EdgeConvention::Monai => 1.0 + MONAI_EPS,
+            _ => 1.0,
+        };
         Ok(BinEdges {
             n_bins,
             convention,
-            edges: torch_linspace_f32(n_bins),
+            edges: torch_linspace_f32_to(end, n_bins),
         })
     }
 
@@ -325,12 +380,14 @@ impl<T: EdgeFloat> SlotTable<T> {
         let mut e: Vec<T> = b
             .edges
             .iter()
-            .map(|&x| {
+            .enumerate()
+            .map(|(k, &x)| {
                 let v = T::from_edge(x);
-                if b.convention == EdgeConvention::RightClosed {
-                    v.next_up_nonneg()
-                } else {
-                    v
+                // `x > e` is `x ≥ next_up(e)`; MONAI's bin 0 is closed at 0 too.
+                match b.convention {
+                    EdgeConvention::RightClosed => v.next_up_nonneg(),
+                    EdgeConvention::Monai if k > 0 => v.next_up_nonneg(),
+                    _ => v,
                 }
             })
             .collect();
@@ -443,6 +500,12 @@ mod tests {
                     Some(cnt - 1)
                 }
             }
+            // torch.bucketize(x, edges[1:], right=False).clamp(max=n-1): inner and last
+            // edges strictly below x.
+            EdgeConvention::Monai => {
+                let cnt = edges[1..].iter().filter(|&&e| e < x).count();
+                Some(cnt.min(n - 1))
+            }
         }
     }
 
@@ -471,6 +534,7 @@ mod tests {
             EdgeConvention::LeftClosed,
             EdgeConvention::RightClosed,
             EdgeConvention::Torchmetrics,
+            EdgeConvention::Monai,
         ] {
             for n in (1..=64).chain([100, 128, 200, 255, 1000]) {
                 let b = BinEdges::new(n, conv).unwrap();
@@ -547,6 +611,69 @@ mod tests {
         assert_eq!(r10.bin_f64(0.7), Some(7));
         assert_eq!(l10.bin_f32(0.7), Some(7));
         assert_eq!(r10.bin_f32(0.7), Some(6));
+    }
+
+    #[test]
+    fn monai_edges_and_bins() {
+        let m = BinEdges::new(20, EdgeConvention::Monai).unwrap();
+        let e = m.edges();
+        assert_eq!(e.len(), 21);
+        assert_eq!((e[0], e[20]), (0.0, 1.0 + f32::EPSILON));
+        // Each edge within 2 ulp of k·(1 + ε)/20, increasing.
+        for (k, &x) in e.iter().enumerate() {
+            let exact = k as f64 * (1.0 + f64::from(f32::EPSILON)) / 20.0;
+            assert!(
+                (f64::from(x) - exact).abs() <= 2.0 * 2f64.powi(-24),
+                "k = {k}"
+            );
+        }
+        assert!(e.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(m.n_reported_bins(), 20);
+        // 0 in bin 0, 1 in the last bin, an edge in the bin below it, just above it: above.
+        assert_eq!(m.bin_f32(0.0), Some(0));
+        assert_eq!(m.bin_f32(1.0), Some(19));
+        assert_eq!(m.bin_f32(e[1]), Some(0));
+        assert_eq!(m.bin_f32(f32::from_bits(e[1].to_bits() + 1)), Some(1));
+        assert_eq!(m.bin_f32(e[10]), Some(9));
+        assert_eq!(m.bin_f32(e[19]), Some(18));
+        assert_eq!(m.bin_f32(0.95), Some(18)); // 0.95 < e[19] = 19(1 + ε)/20
+        assert_eq!(
+            m.bin_f64(0.5),
+            if f64::from(e[10]) < 0.5 {
+                Some(10)
+            } else {
+                Some(9)
+            }
+        );
+        assert_eq!(m.bounds(19).1, 1.0 + f64::from(f32::EPSILON));
+        assert_eq!(
+            "monai".parse::<EdgeConvention>().unwrap(),
+            EdgeConvention::Monai
+        );
+        assert_eq!(EdgeConvention::Monai.to_string(), "monai");
+    }
+
+    /// torchmetrics' confidence-0 and confidence-1 edge cases (module docs): 0.0 lands in
+    /// bin 0 (`bucketize(0, edges, right=True) − 1 = 0`, never −1) and 1.0 alone in the
+    /// extra bin `n`; a negative confidence (torch's −1) is no bin here and is rejected by
+    /// the input checks before any binning.
+    #[test]
+    fn torchmetrics_zero_and_one() {
+        for n in [1, 10, 15, 20] {
+            let t = BinEdges::new(n, EdgeConvention::Torchmetrics).unwrap();
+            assert_eq!(t.bin_f32(0.0), Some(0));
+            assert_eq!(t.bin_f64(0.0), Some(0));
+            assert_eq!(t.bin_f32(f32::from_bits(1)), Some(0));
+            assert_eq!(t.bin_f32(1.0), Some(n));
+            assert_eq!(t.bin_f32(f32::from_bits(1.0f32.to_bits() - 1)), Some(n - 1));
+            assert_eq!(t.bin_f32(-0.5), None);
+        }
+        let p = ndarray::Array2::from_shape_vec((2, 1), vec![-0.25f32, 1.25]).unwrap();
+        let cfg = crate::MetricConfig::default().edges(EdgeConvention::Torchmetrics);
+        assert!(matches!(
+            crate::evaluate(p.view(), ndarray::array![1u8].view(), &cfg),
+            Err(MetricsError::ProbabilityOutOfRange { .. })
+        ));
     }
 
     #[test]

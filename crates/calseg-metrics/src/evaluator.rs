@@ -44,7 +44,8 @@ pub struct Report {
     pub mce: f64,
     /// Top-label RMSCE.
     pub rmsce: f64,
-    /// Top-label ACE.
+    /// Top-label average calibration error (unweighted mean gap over the non-empty bins;
+    /// JSON `ace` and `average_ce`; not the adaptive ACE, see [`ece`](crate::ece)).
     pub ace: f64,
     /// Top-label accuracy (argmax correct) over the region.
     pub accuracy: f64,
@@ -56,6 +57,12 @@ pub struct Report {
     pub cece_classes: Vec<usize>,
     /// ECE of `p_c` against `[y == c]`, per class (`K` entries).
     pub class_ece: Vec<f64>,
+    /// MCE of `p_c` against `[y == c]`, per class (`K` entries): the largest gap over the
+    /// non-empty bins (`0` if none; `NaN` without a voxel in the region).
+    pub class_mce: Vec<f64>,
+    /// Average calibration error of `p_c` against `[y == c]`, per class (`K` entries): the
+    /// mean gap over the non-empty bins (MONAI's per-channel "ACE").
+    pub class_ace: Vec<f64>,
     /// Mean multi-class Brier score.
     pub brier: f64,
     /// Mean negative log-likelihood (nats).
@@ -182,10 +189,9 @@ impl Evaluator {
             mean_confidence: t(|c| c.mean_confidence),
             cece: cw.as_ref().map_or(nan, |c| c.cece),
             cece_classes: cw.as_ref().map_or_else(Vec::new, |c| c.classes.clone()),
-            class_ece: cw.as_ref().map_or_else(
-                || vec![nan; st.k],
-                |c| c.per_class.iter().map(|p| p.ece).collect(),
-            ),
+            class_ece: per_class(cw.as_ref(), st.k, |p| p.ece),
+            class_mce: per_class(cw.as_ref(), st.k, |p| p.mce),
+            class_ace: per_class(cw.as_ref(), st.k, |p| p.ace),
             brier: scores.map_or(nan, |s| s.brier),
             nll: scores.map_or(nan, |s| s.nll),
             dice: ov.dice,
@@ -198,6 +204,14 @@ impl Evaluator {
             reliability,
         })
     }
+}
+
+/// One value per class from the class-wise report (`NaN` for every class without one).
+fn per_class(cw: Option<&ClasswiseReport>, k: usize, f: fn(&Calibration) -> f64) -> Vec<f64> {
+    cw.map_or_else(
+        || vec![f64::NAN; k],
+        |c| c.per_class.iter().map(f).collect(),
+    )
 }
 
 /// Scores `probs` against `labels` in one call (one [`Evaluator`], one update).

@@ -1,6 +1,7 @@
 //! # calseg-metrics — streaming calibration and overlap metrics for segmentation
 //!
-//! Calibration (ECE, MCE, RMSCE, ACE, class-wise ECE, reliability diagrams), proper scores
+//! Calibration (ECE, MCE, RMSCE, ACE = average calibration error, class-wise ECE, reliability
+//! diagrams, MONAI's per-class conventions in [`monai`]), proper scores
 //! (Brier, NLL) and overlap (Dice, IoU, HD95) of a probability map against a label map,
 //! computed in one pass, in parallel, over volumes of any size and any number of spatial
 //! axes.
@@ -94,6 +95,7 @@ pub mod error;
 pub mod evaluator;
 pub mod hd95;
 pub mod input;
+pub mod monai;
 pub mod overlap;
 #[cfg(feature = "plot")]
 #[cfg_attr(docsrs, doc(cfg(feature = "plot")))]
@@ -112,7 +114,11 @@ pub use error::MetricsError;
 pub use evaluator::{Evaluator, MacroReport, Report, evaluate, macro_average};
 pub use hd95::{euclidean_distance_transform, hd95_per_class};
 pub use input::{Input, Label, MaskValue, Probability};
-pub use overlap::{Overlap, OverlapReport, dice_from_counts, iou_from_counts, nanmean};
+pub use monai::MonaiCalibration;
+pub use overlap::{
+    MAX_HARD_CLASSES, Overlap, OverlapReport, dice_from_counts, hard_overlap, iou_from_counts,
+    nanmean,
+};
 pub use reliability::ReliabilityBin;
 pub use scores::{ProperScores, Scores};
 pub use scoring::{

@@ -13,6 +13,12 @@
 //! prediction is empty too and `0.0` otherwise (MONAI `ignore_empty=False`). Means skip
 //! `NaN` ([`nanmean`]); the foreground mean leaves out the background class. Counts are
 //! `u64`, so pooling cases ("micro" Dice) is exact.
+//!
+//! **Hard label maps** (no probabilities): [`Overlap::update_labels`] streams a predicted
+//! map against the truth, and [`hard_overlap`] scores one pair in a call, taking `K` from
+//! the maps (max label + 1 over both) when not given. The counts are one pass over the
+//! voxels whatever `K` (runs of equal `(truth, prediction)` pairs are added at once), so
+//! 100+ classes (e.g. TotalSegmentator's 118) cost about what 2 do.
 
 use ndarray::{ArrayView, Dimension};
 
@@ -205,4 +211,104 @@ impl Overlap {
             }),
         }
     }
+}
+
+/// Largest number of classes [`hard_overlap`] infers from or accepts for a pair of label
+/// maps (labels `0..65536`): every accumulated block holds three counts per class, so an
+/// unbounded label value (a corrupt file, a wrong data type) must not size them.
+pub const MAX_HARD_CLASSES: usize = 1 << 16;
+
+/// Largest class index of `map` (`None` for an empty map); a negative or too large label
+/// is [`MetricsError::LabelOutOfRange`] naming `what`.
+fn max_label<L: Label, D: Dimension>(
+    map: &ArrayView<'_, L, D>,
+    what: &'static str,
+    limit: usize,
+) -> Result<Option<u32>, MetricsError> {
+    let max = map.iter().map(|&v| v.to_class()).max();
+    if max.is_some_and(|m| m as usize >= limit) {
+        let dyn_map = map.view().into_dyn();
+        if let Some((index, &v)) = dyn_map
+            .indexed_iter()
+            .find(|(_, v)| v.to_class() as usize >= limit)
+        {
+            return Err(MetricsError::LabelOutOfRange {
+                what,
+                label: v.to_i128(),
+                index: index.slice().to_vec(),
+                n_classes: limit,
+            });
+        }
+    }
+    Ok(max)
+}
+
+/// Dice, IoU and counts per class of a hard predicted label map against the truth, in one
+/// call: the everyday "how close is this mask to that mask" question.
+///
+/// `K` is `n_classes`, or when `None` the largest label of either map plus one (at least
+/// 2, so that a pair of empty masks still has a background and one class): a map with
+/// more classes than the other is fine, and classes missing from both are counted as
+/// absent (`NaN` Dice/IoU under [`EmptyDice::Nan`]). Uses `empty_dice` and `background`
+/// of `config` (the foreground means leave out the background class). Equivalent to
+/// [`Overlap::update_labels`] followed by [`Overlap::finish`].
+///
+/// ```
+/// use calseg_metrics::{MetricConfig, hard_overlap};
+/// use ndarray::array;
+///
+/// let truth = array![[0u8, 1, 1], [0, 2, 2]];
+/// let pred = array![[0u16, 1, 0], [0, 2, 5]]; // label 5 only in the prediction
+/// let r = hard_overlap(pred.view(), truth.view(), None, &MetricConfig::default())?;
+/// assert_eq!(r.dice.len(), 6); // K = 5 + 1
+/// assert!((r.dice[1] - 2.0 / 3.0).abs() < 1e-12); // 2·1 / (2·1 + 0 + 1)
+/// assert!(r.dice[3].is_nan()); // in neither map
+/// assert!(r.dice[5].is_nan()); // absent from the truth (predicted: a false positive)
+/// assert_eq!(r.fp[5], 1);
+/// // With an explicit K, a larger label is an error, not a silent drop.
+/// assert!(hard_overlap(pred.view(), truth.view(), Some(4), &MetricConfig::default()).is_err());
+/// # Ok::<(), calseg_metrics::MetricsError>(())
+/// ```
+///
+/// # Errors
+/// [`MetricsError::ShapeMismatch`] when the maps differ in shape;
+/// [`MetricsError::LabelOutOfRange`] for a negative label, a label `≥ n_classes`, or one
+/// `≥` [`MAX_HARD_CLASSES`]; [`MetricsError::InvalidConfig`] for an invalid
+/// configuration, `n_classes` outside `2..=MAX_HARD_CLASSES`, or a background class
+/// `≥ K`; [`MetricsError::Empty`] for maps without a voxel.
+pub fn hard_overlap<P, L, D, F>(
+    pred: ArrayView<'_, P, D>,
+    labels: ArrayView<'_, L, F>,
+    n_classes: Option<usize>,
+    config: &MetricConfig,
+) -> Result<OverlapReport, MetricsError>
+where
+    P: Label,
+    L: Label,
+    D: Dimension,
+    F: Dimension,
+{
+    if pred.shape() != labels.shape() {
+        return Err(MetricsError::ShapeMismatch {
+            what: "pred (against labels)",
+            expected: labels.shape().to_vec(),
+            got: pred.shape().to_vec(),
+        });
+    }
+    let k = match n_classes {
+        Some(k) if (2..=MAX_HARD_CLASSES).contains(&k) => k,
+        Some(k) => {
+            return Err(MetricsError::InvalidConfig(format!(
+                "number of classes must be in 2..={MAX_HARD_CLASSES}, got {k}"
+            )));
+        }
+        None => {
+            let a = max_label(&pred, "pred", MAX_HARD_CLASSES)?;
+            let b = max_label(&labels, "labels", MAX_HARD_CLASSES)?;
+            (a.max(b).map_or(0, |m| m as usize) + 1).max(2)
+        }
+    };
+    let mut ov = Overlap::new(config.clone())?;
+    ov.update_labels(pred, labels, k)?;
+    ov.finish()
 }

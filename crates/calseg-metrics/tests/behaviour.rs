@@ -699,3 +699,104 @@ fn state_and_configuration_errors() {
     ov.update_labels(yd.view(), y3.view(), 3).unwrap();
     assert_eq!(ov.finish().unwrap().n_voxels, 16);
 }
+
+/// Many classes (the per-run overlap counts): the Dice of the argmax of 24 classes and of a
+/// hard 130-class map equal plain per-voxel counts, whatever the chunking.
+#[test]
+fn overlap_with_many_classes_equals_plain_counts() {
+    fn plain_dice(pred: &[u32], truth: &[u32], k: usize) -> Vec<f64> {
+        let (mut i, mut a, mut b) = (vec![0u64; k], vec![0u64; k], vec![0u64; k]);
+        for (&p, &t) in pred.iter().zip(truth) {
+            a[p as usize] += 1;
+            b[t as usize] += 1;
+            i[p as usize] += u64::from(p == t);
+        }
+        (0..k)
+            .map(|c| {
+                if b[c] == 0 {
+                    f64::NAN
+                } else {
+                    2.0 * i[c] as f64 / (a[c] + b[c]) as f64
+                }
+            })
+            .collect()
+    }
+    let same = |got: &[f64], want: &[f64]| {
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            assert!((g.is_nan() && w.is_nan()) || g == w, "{g} vs {w}");
+        }
+    };
+    // Probabilities with 24 classes: Dice of the argmax.
+    let (p, y) = random_case(24, 70, 90, 5);
+    let r = evaluate(p.view(), y.view(), &MetricConfig::default()).unwrap();
+    let arg = calseg_metrics::argmax(p.view().into_dyn());
+    let truth: Vec<u32> = y.iter().map(|&v| u32::from(v)).collect();
+    same(&r.dice, &plain_dice(arg.as_slice().unwrap(), &truth, 24));
+    // Hard maps with runs, 130 classes, one of them only predicted.
+    let mut rng = StdRng::seed_from_u64(9);
+    let truth: Vec<u32> = (0..150_000).map(|i| ((i / 37) % 128) as u32).collect();
+    let pred: Vec<u32> = truth
+        .iter()
+        .map(|&t| match rng.random_range(0..10) {
+            0 => rng.random_range(0..130),
+            1 => 129,
+            _ => t,
+        })
+        .collect();
+    let (pa, ta) = (Array1::from(pred.clone()), Array1::from(truth.clone()));
+    let r =
+        calseg_metrics::hard_overlap(pa.view(), ta.view(), None, &MetricConfig::default()).unwrap();
+    same(&r.dice, &plain_dice(&pred, &truth, 130));
+    assert!(r.dice[128].is_nan() && r.dice[129].is_nan());
+}
+
+#[test]
+fn hard_overlap_errors_are_typed() {
+    let cfg = MetricConfig::default();
+    let a = array![[0i32, 1], [2, 3]];
+    let b = array![0u8, 1, 2, 3];
+    assert!(matches!(
+        calseg_metrics::hard_overlap(a.view(), b.view(), None, &cfg),
+        Err(MetricsError::ShapeMismatch { .. })
+    ));
+    let neg = array![[0i32, -1], [2, 3]];
+    let ok = array![[0u8, 1], [2, 3]];
+    assert!(matches!(
+        calseg_metrics::hard_overlap(neg.view(), ok.view(), None, &cfg),
+        Err(MetricsError::LabelOutOfRange {
+            what: "pred",
+            label: -1,
+            ..
+        })
+    ));
+    let huge = array![[0u32, 70_000], [2, 3]];
+    assert!(matches!(
+        calseg_metrics::hard_overlap(ok.view(), huge.view(), None, &cfg),
+        Err(MetricsError::LabelOutOfRange {
+            what: "labels",
+            label: 70_000,
+            ..
+        })
+    ));
+    for k in [0, 1, calseg_metrics::MAX_HARD_CLASSES + 1] {
+        assert!(matches!(
+            calseg_metrics::hard_overlap(ok.view(), ok.view(), Some(k), &cfg),
+            Err(MetricsError::InvalidConfig(_))
+        ));
+    }
+    assert!(matches!(
+        calseg_metrics::hard_overlap(ok.view(), ok.view(), Some(3), &cfg),
+        Err(MetricsError::LabelOutOfRange { n_classes: 3, .. })
+    ));
+    // Two empty masks: K = 2, background perfect, class 1 absent.
+    let zeros = Array2::<u8>::zeros((3, 3));
+    let r = calseg_metrics::hard_overlap(zeros.view(), zeros.view(), None, &cfg).unwrap();
+    assert_eq!(r.dice[0], 1.0);
+    assert!(r.dice[1].is_nan() && r.dice_mean_fg.is_nan());
+    let none = Array1::<u8>::zeros(0);
+    assert!(matches!(
+        calseg_metrics::hard_overlap(none.view(), none.view(), None, &cfg),
+        Err(MetricsError::Empty { .. })
+    ));
+}

@@ -485,3 +485,45 @@ fn f64_input_bins_like_f32_input() {
         }
     }
 }
+
+/// torchmetrics' confidence 0 (`edges.rs` docs): torchmetrics 1.9's own per-class
+/// `binary_calibration_error` on `conf_one_c3`, whose class probabilities are often exactly
+/// 0.0 (and 1.0), equals the `Torchmetrics` convention to float32 precision — 0.0 counted in
+/// bin 0 (no index −1) — while the right-closed bins, where 0.0 falls in no bin, differ.
+#[test]
+fn torchmetrics_counts_confidence_zero_in_bin_zero() {
+    let case = cases()
+        .into_iter()
+        .find(|c| c.name == "conf_one_c3")
+        .unwrap();
+    assert!(case.p.iter().filter(|&&v| v == 0.0).count() >= 4);
+    for nb in BINS {
+        let cb = &case.r["cece"][format!("n_bins={nb}")];
+        let tm = nums(&cb["torchmetrics_binary_per_class"]["per_class"]);
+        let per = |conv| {
+            let mut acc =
+                ClasswiseCalibration::new(MetricConfig::default().bins(nb).edges(conv)).unwrap();
+            acc.update(case.p.view(), case.y.view()).unwrap();
+            acc.finish()
+                .unwrap()
+                .per_class
+                .iter()
+                .map(|c| c.ece)
+                .collect::<Vec<f64>>()
+        };
+        let got = per(EdgeConvention::Torchmetrics);
+        let right = per(EdgeConvention::RightClosed);
+        for c in 0..tm.len() {
+            assert!(
+                (got[c] - tm[c]).abs() < 1e-6,
+                "bins {nb} class {c}: {} vs {}",
+                got[c],
+                tm[c]
+            );
+        }
+        assert!(
+            (0..tm.len()).any(|c| (right[c] - tm[c]).abs() > 1e-3),
+            "bins {nb}: the zeros must matter"
+        );
+    }
+}

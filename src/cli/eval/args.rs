@@ -2,6 +2,7 @@
 
 use super::bad;
 use crate::cli::CliResult;
+use calseg_metrics::config::DEFAULT_TOL;
 use calseg_metrics::plot::PlotFormat;
 use calseg_metrics::{EdgeConvention, EmptyDice, InputMode, MetricConfig, Region};
 use clap::{Args, ValueEnum};
@@ -16,6 +17,16 @@ pub enum EdgesArg {
     Right,
     /// torchmetrics 1.9 exactly, including its extra bin for confidence 1.0.
     Torchmetrics,
+    /// MONAI's CalibrationErrorMetric: edges linspace(0, 1 + 2^-23), `(lo, hi]`, 0.0 in bin 0.
+    Monai,
+}
+
+/// A library's whole set of metric conventions (`--convention`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ConventionArg {
+    /// MONAI 1.6 `CalibrationErrorMetric`: 20 bins (unless `--bins`), `--edges monai`,
+    /// every voxel, one-vs-rest per class channel; adds the `monai` JSON object.
+    Monai,
 }
 
 /// Which voxels count (`--region`).
@@ -74,11 +85,12 @@ impl SplitArg {
 #[derive(Args, Debug)]
 pub struct EvalArgs {
     /// Probabilities: .npy (K, *spatial) f32/f64; .safetensors (tensor `probs`, or the only
-    /// tensor) (K, *spatial); .nii/.nii.gz 4D with classes on the last axis.
+    /// tensor) (K, *spatial); .nii/.nii.gz 4D with classes on the last axis. Optional with
+    /// `--pred`: without it the hard label map is scored for overlap only.
     #[arg(
         long,
         value_name = "P",
-        required_unless_present = "data",
+        required_unless_present_any = ["data", "pred"],
         conflicts_with = "data"
     )]
     pub probs: Option<PathBuf>,
@@ -91,9 +103,14 @@ pub struct EvalArgs {
     )]
     pub labels: Option<PathBuf>,
     /// A hard predicted label map, evaluated for overlap (Dice, IoU, HD95) instead of the
-    /// argmax of the probabilities (single-file mode only).
+    /// argmax of the probabilities (single-file mode only). Without `--probs`: hard mode,
+    /// overlap metrics only (no calibration).
     #[arg(long, value_name = "L", conflicts_with = "data")]
     pub pred: Option<PathBuf>,
+    /// Hard mode (`--pred` without `--probs`): the number of classes K (default: the
+    /// largest label of either map + 1, at least 2); a label >= K is an error.
+    #[arg(long, value_name = "K", requires = "pred", conflicts_with = "probs")]
+    pub classes: Option<usize>,
     /// Dataset mode: a Decathlon / nnU-Net v2 dataset folder (dataset.json, imagesTr,
     /// labelsTr, imagesTs, labelsTs) whose label maps are the ground truth.
     #[arg(long, value_name = "DIR", requires = "predictions")]
@@ -110,12 +127,17 @@ pub struct EvalArgs {
     /// (the folder is created if needed).
     #[arg(long, value_name = "DIR", requires = "data")]
     pub plot_dir: Option<PathBuf>,
-    /// Number of equal-width confidence bins.
-    #[arg(long, default_value_t = 15)]
-    pub bins: usize,
-    /// Bin-interval convention.
-    #[arg(long, value_enum, default_value_t = EdgesArg::Left)]
-    pub edges: EdgesArg,
+    /// Number of equal-width confidence bins [default: 15; 20 with --convention monai].
+    #[arg(long)]
+    pub bins: Option<usize>,
+    /// Bin-interval convention [default: left; monai with --convention monai].
+    #[arg(long, value_enum)]
+    pub edges: Option<EdgesArg>,
+    /// Reproduce a library's conventions: `monai` = MONAI's CalibrationErrorMetric (its
+    /// bins and edges; JSON gains a `monai` object with its per-class ECE, MCE and average
+    /// CE and their MONAI "mean" reductions).
+    #[arg(long, value_enum)]
+    pub convention: Option<ConventionArg>,
     /// Voxels that count for calibration and proper scores.
     #[arg(long, value_enum, default_value_t = RegionArg::All)]
     pub region: RegionArg,
@@ -142,20 +164,27 @@ pub struct EvalArgs {
     #[arg(long, value_enum, default_value_t = InputArg::Probs)]
     pub input: InputArg,
     /// Tolerance on |Σ_k p_k − 1| for `--input probs`.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = DEFAULT_TOL)]
     pub tol: f64,
 }
 
 impl EvalArgs {
     /// The metric configuration these flags describe.
     pub(super) fn config(&self) -> MetricConfig {
-        MetricConfig::default()
-            .bins(self.bins)
-            .edges(match self.edges {
-                EdgesArg::Left => EdgeConvention::LeftClosed,
-                EdgesArg::Right => EdgeConvention::RightClosed,
-                EdgesArg::Torchmetrics => EdgeConvention::Torchmetrics,
-            })
+        let base = match self.convention {
+            Some(ConventionArg::Monai) => MetricConfig::monai(),
+            None => MetricConfig::default(),
+        };
+        let bins = self.bins.unwrap_or(base.n_bins);
+        let edges = match self.edges {
+            None => base.edges,
+            Some(EdgesArg::Left) => EdgeConvention::LeftClosed,
+            Some(EdgesArg::Right) => EdgeConvention::RightClosed,
+            Some(EdgesArg::Torchmetrics) => EdgeConvention::Torchmetrics,
+            Some(EdgesArg::Monai) => EdgeConvention::Monai,
+        };
+        base.bins(bins)
+            .edges(edges)
             .region(match self.region {
                 RegionArg::All => Region::All,
                 RegionArg::Foreground => Region::Foreground,
@@ -173,8 +202,60 @@ impl EvalArgs {
             })
     }
 
+    /// Whether this is hard mode: `--pred` without `--probs` (and not dataset mode).
+    pub(super) fn hard_mode(&self) -> bool {
+        self.probs.is_none() && self.pred.is_some() && self.data.is_none()
+    }
+
+    /// The flags given that only make sense with probabilities (hard mode refuses them).
+    fn probability_flags(&self) -> Vec<&'static str> {
+        let mut given = Vec::new();
+        for (flag, set) in [
+            ("--plot", self.plot.is_some()),
+            ("--mask", self.mask.is_some()),
+            ("--region", self.region != RegionArg::All),
+            ("--input", self.input != InputArg::Probs),
+            ("--tol", self.tol != DEFAULT_TOL),
+            ("--bins", self.bins.is_some()),
+            ("--edges", self.edges.is_some()),
+            ("--convention", self.convention.is_some()),
+        ] {
+            if set {
+                given.push(flag);
+            }
+        }
+        given
+    }
+
     /// Checks the flags that do not need any file (before reading anything).
     pub(super) fn check(&self) -> CliResult {
+        if self.hard_mode() {
+            let given = self.probability_flags();
+            if !given.is_empty() {
+                return Err(bad(format!(
+                    "--pred without --probs scores a hard label map for overlap only \
+                     (Dice, IoU, HD95); {} need{} --probs",
+                    given.join(", "),
+                    if given.len() == 1 { "s" } else { "" }
+                )));
+            }
+        }
+        if self.convention == Some(ConventionArg::Monai) {
+            if let Some(e) = self.edges.filter(|&e| e != EdgesArg::Monai) {
+                return Err(bad(format!(
+                    "--convention monai uses MONAI's bin edges; drop --edges {}",
+                    e.to_possible_value()
+                        .map_or_else(String::new, |v| v.get_name().to_owned())
+                )));
+            }
+            if self.region != RegionArg::All {
+                return Err(bad(
+                    "--convention monai scores every voxel of an image (MONAI has no region); \
+                     drop --region"
+                        .to_owned(),
+                ));
+            }
+        }
         match (self.region, &self.mask) {
             (RegionArg::Mask, None) => {
                 return Err(bad("--region mask needs --mask M".to_owned()));

@@ -1,12 +1,12 @@
 //! Dataset mode: `--data DIR --predictions DIR`, every case of a split scored one at a
 //! time, pooled ("micro") and macro-averaged.
 
-use super::output::{cell, macro_json, plot_reliability, to_json};
-use super::{EvalArgs, SplitArg, bad, io_bad, read_optional_labels};
+use super::output::{cell, macro_json, plot_reliability, to_json, with_monai};
+use super::{EvalArgs, SplitArg, bad, io_bad, monai_of, read_optional_labels};
 use crate::cli::{CliError, CliResult};
 use calseg_io::{CaseRef, Dataset, ProbFile, ProbView};
 use calseg_metrics::{MacroReport, Report, ScoreSpec, Scorer, foreground_mean, macro_average};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -162,18 +162,26 @@ pub(super) fn run_dataset(args: &EvalArgs, data: &Path, predictions: &Path) -> C
         plot_reliability(&pooled, "pooled: ", &dir.join("reliability_pooled.png"))?;
     }
 
+    let monai = monai_of(args, &reports, &data.display().to_string())?;
     if args.json {
-        let cases: serde_json::Map<String, Value> = results
-            .iter()
-            .map(|r| (r.id.clone(), to_json(&r.report, r.hd95.as_deref())))
-            .collect();
-        let out = json!({
-            "split": split.name(),
-            "n_cases": results.len(),
-            "cases": cases,
-            "pooled": to_json(&pooled, None),
-            "macro": macro_json(&macro_report, macro_hd95.as_deref()),
-        });
+        let mut cases = serde_json::Map::new();
+        for r in &results {
+            let m = monai_of(args, std::slice::from_ref(&r.report), &r.id)?;
+            cases.insert(
+                r.id.clone(),
+                with_monai(to_json(&r.report, r.hd95.as_deref()), m.as_ref()),
+            );
+        }
+        let out = with_monai(
+            json!({
+                "split": split.name(),
+                "n_cases": results.len(),
+                "cases": cases,
+                "pooled": to_json(&pooled, None),
+                "macro": macro_json(&macro_report, macro_hd95.as_deref()),
+            }),
+            monai.as_ref(),
+        );
         println!("{out}");
     } else {
         print!(
@@ -189,6 +197,16 @@ pub(super) fn run_dataset(args: &EvalArgs, data: &Path, predictions: &Path) -> C
                 split
             )
         );
+        if let Some(m) = &monai {
+            println!(
+                "\nMONAI CalibrationErrorMetric (one-vs-rest per class, mean over classes, then \
+                 over {} cases): ECE {}  MCE {}  average CE {}",
+                m.n_images,
+                cell(m.ece, 4),
+                cell(m.mce, 4),
+                cell(m.average_ce, 4)
+            );
+        }
     }
     Ok(())
 }

@@ -2,6 +2,9 @@
 //! case of a dataset folder against a folder of predictions.
 //!
 //! * **Single-file mode** (`--probs P --labels Y`): one report.
+//! * **Hard mode** (`--pred L --labels Y`, no `--probs`): overlap of two label maps
+//!   (Dice, IoU, HD95 with `--hd95`) through [`calseg_metrics::hard_overlap`]; the class
+//!   count is the largest label of either map + 1, or `--classes K`.
 //! * **Dataset mode** (`--data DIR --predictions DIR`): the labels of a Decathlon /
 //!   nnU-Net v2 dataset folder ([`calseg_io::Dataset`]) against one prediction file per
 //!   case (`CASE.nii.gz`, `CASE.nii`, `CASE.safetensors` or `CASE.npy`). Cases are loaded
@@ -12,11 +15,12 @@
 
 //!
 //! Files: [`args`] (flags and the metric configuration they describe), [`single`]
-//! (single-file mode), [`dataset`] (dataset mode), [`output`] (JSON objects and
+//! (single-file mode), [`hard`] (hard mode), [`dataset`] (dataset mode), [`output`] (JSON objects and
 //! reliability diagrams shared by both modes).
 
 mod args;
 mod dataset;
+mod hard;
 mod output;
 mod single;
 
@@ -25,7 +29,9 @@ use args::SplitArg;
 
 use super::{CliError, CliResult};
 use calseg_io::{LabelMap, ProbView};
-use calseg_metrics::{Evaluator, Input, MetricConfig, MetricsError, Probability};
+use calseg_metrics::{
+    Evaluator, Input, MetricConfig, MetricsError, MonaiCalibration, Probability, Report,
+};
 use ndarray::{ArrayD, ArrayViewD};
 use std::path::Path;
 
@@ -42,11 +48,27 @@ fn read_optional_labels(path: Option<&Path>) -> Result<Option<LabelMap>, CliErro
     path.map(calseg_io::read_labels).transpose().map_err(io_bad)
 }
 
+/// MONAI's reduced calibration errors of `reports` (one per image) under `--convention
+/// monai` (MONAI's default `include_background=True`), else `None`.
+pub(super) fn monai_of(
+    args: &EvalArgs,
+    reports: &[Report],
+    context: &str,
+) -> Result<Option<MonaiCalibration>, CliError> {
+    if args.convention != Some(args::ConventionArg::Monai) {
+        return Ok(None);
+    }
+    MonaiCalibration::from_reports(reports, true)
+        .map(Some)
+        .map_err(|e| bad(format!("{context}: MONAI calibration: {e}")))
+}
+
 /// Runs `calseg eval`: dataset mode when `--data` is given, else single-file mode.
 pub fn run(args: EvalArgs) -> CliResult {
     args.check()?;
     match (&args.data, &args.predictions) {
         (Some(data), Some(predictions)) => dataset::run_dataset(&args, data, predictions),
+        _ if args.hard_mode() => hard::run_hard(&args),
         _ => single::run_single(&args),
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::cli::{CliError, CliResult};
 use calseg_metrics::plot::{PlotOptions, reliability_diagram};
-use calseg_metrics::{MacroReport, Report};
+use calseg_metrics::{MacroReport, MonaiCalibration, OverlapReport, Report};
 use serde_json::{Map, Value, json};
 use std::path::Path;
 
@@ -37,6 +37,7 @@ macro_rules! shared_entries {
             ("mce", num($r.mce)),
             ("rmsce", num($r.rmsce)),
             ("ace", num($r.ace)),
+            ("average_ce", num($r.ace)),
             ("cece", num($r.cece)),
             ("class_ece", nums(&$r.class_ece)),
             ("accuracy", num($r.accuracy)),
@@ -52,10 +53,10 @@ macro_rules! shared_entries {
 }
 
 /// One JSON object: `head`, the shared entries, `tail`, then `hd95` when given.
-fn object(
-    head: Vec<(&str, Value)>,
-    shared: [(&str, Value); 14],
-    tail: Vec<(&str, Value)>,
+fn object<'a>(
+    head: Vec<(&'a str, Value)>,
+    shared: impl IntoIterator<Item = (&'a str, Value)>,
+    tail: Vec<(&'a str, Value)>,
     hd95: Option<&[f64]>,
 ) -> Value {
     let mut out = Map::new();
@@ -116,4 +117,54 @@ pub(super) fn cell(x: f64, decimals: usize) -> String {
     } else {
         "-".to_owned()
     }
+}
+
+/// The JSON object of hard mode (`--pred` without `--probs`): `"mode": "hard"`, the class
+/// count, the overlap keys of [`to_json`] (`dice`, `dice_mean_fg`, `iou`, `iou_mean_fg`,
+/// `hd95` when computed), the voxel count `n_total`, and the per-class counts `tp`, `fp`,
+/// `fn`. No calibration key: there are no probabilities.
+pub(super) fn hard_json(r: &OverlapReport, hd95: Option<&[f64]>) -> Value {
+    object(
+        vec![
+            ("mode", json!("hard")),
+            ("n_total", json!(r.n_voxels)),
+            ("n_classes", json!(r.dice.len())),
+        ],
+        [],
+        vec![
+            ("dice", nums(&r.dice)),
+            ("dice_mean_fg", num(r.dice_mean_fg)),
+            ("iou", nums(&r.iou)),
+            ("iou_mean_fg", num(r.iou_mean_fg)),
+            ("tp", json!(r.tp)),
+            ("fp", json!(r.fp)),
+            ("fn", json!(r.fn_)),
+        ],
+        hd95,
+    )
+}
+
+/// `value` (a JSON object) with `"monai"` set to [`monai_json`] of `m`, when given.
+pub(super) fn with_monai(mut value: Value, m: Option<&MonaiCalibration>) -> Value {
+    if let (Value::Object(map), Some(m)) = (&mut value, m) {
+        map.insert("monai".to_owned(), monai_json(m));
+    }
+    value
+}
+
+/// The `monai` JSON object (`--convention monai`): MONAI's per-class ECE, MCE and average
+/// CE (`*_per_class`, reduction "mean_batch") and their reduction "mean" (`ece`, `mce`,
+/// `average_ce`), for the channels `channels`.
+pub(super) fn monai_json(m: &MonaiCalibration) -> Value {
+    json!({
+        "n_images": m.n_images,
+        "include_background": m.include_background,
+        "channels": m.channels,
+        "ece": num(m.ece),
+        "mce": num(m.mce),
+        "average_ce": num(m.average_ce),
+        "ece_per_class": nums(&m.ece_per_class),
+        "mce_per_class": nums(&m.mce_per_class),
+        "average_ce_per_class": nums(&m.average_ce_per_class),
+    })
 }

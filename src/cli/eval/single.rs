@@ -1,10 +1,10 @@
 //! Single-file mode: `--probs P --labels Y` (optionally `--mask`, `--pred`), one report.
 
-use super::output::{cell, plot_reliability, to_json};
-use super::{EvalArgs, accumulate, argmax_of, bad, io_bad, read_optional_labels};
+use super::output::{cell, plot_reliability, to_json, with_monai};
+use super::{EvalArgs, accumulate, argmax_of, bad, io_bad, monai_of, read_optional_labels};
 use crate::cli::CliResult;
 use calseg_io::{ProbFile, ProbView};
-use calseg_metrics::{Report, hd95_per_class};
+use calseg_metrics::{MonaiCalibration, Report, hd95_per_class};
 use std::path::Path;
 
 /// Single-file mode: `--probs P --labels Y`.
@@ -58,13 +58,24 @@ pub(super) fn run_single(args: &EvalArgs) -> CliResult {
     if let Some(path) = &args.plot {
         plot_reliability(&report, "", path)?;
     }
+    let monai = monai_of(args, std::slice::from_ref(&report), &context())?;
 
     if args.json {
-        println!("{}", to_json(&report, hd95.as_deref()));
+        println!(
+            "{}",
+            with_monai(to_json(&report, hd95.as_deref()), monai.as_ref())
+        );
     } else {
         print!(
             "{}",
-            to_table(&report, hd95.as_deref(), args, probs_path, labels_path)
+            to_table(
+                &report,
+                hd95.as_deref(),
+                monai.as_ref(),
+                args,
+                probs_path,
+                labels_path
+            )
         );
     }
     Ok(())
@@ -74,6 +85,7 @@ pub(super) fn run_single(args: &EvalArgs) -> CliResult {
 fn to_table(
     r: &Report,
     hd95: Option<&[f64]>,
+    monai: Option<&MonaiCalibration>,
     args: &EvalArgs,
     probs: &Path,
     labels: &Path,
@@ -97,7 +109,7 @@ fn to_table(
         ("ECE", r.ece),
         ("MCE", r.mce),
         ("RMSCE", r.rmsce),
-        ("ACE", r.ace),
+        ("ACE (average)", r.ace),
         ("class-wise ECE", r.cece),
         ("Brier", r.brier),
         ("NLL", r.nll),
@@ -137,6 +149,30 @@ fn to_table(
             f(b.confidence),
             f(b.accuracy)
         );
+    }
+    if let Some(m) = monai {
+        let _ = writeln!(
+            s,
+            "\nMONAI CalibrationErrorMetric ({} bins, one-vs-rest per class, mean over classes)",
+            r.n_bins
+        );
+        let _ = writeln!(
+            s,
+            "ECE {}  MCE {}  average CE {}",
+            f(m.ece),
+            f(m.mce),
+            f(m.average_ce)
+        );
+        let _ = writeln!(s, "class       ECE       MCE  average CE");
+        for (i, c) in m.channels.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "{c:>5} {:>9} {:>9} {:>11}",
+                f(m.ece_per_class[i]),
+                f(m.mce_per_class[i]),
+                f(m.average_ce_per_class[i])
+            );
+        }
     }
     s
 }

@@ -7,9 +7,19 @@ use super::{BLOCK, CHUNK, Needs, State};
 use crate::MetricsError;
 use crate::input::ClassSource;
 
-/// Adds the per-class ground-truth, predicted and true-positive counts of one chunk.
+/// Above this many classes the overlap counts are scattered per voxel run
+/// ([`count_overlap_runs`], cost independent of `K`) instead of compared per class
+/// (`K` vectorised passes over the chunk, faster for few classes).
+pub(crate) const SCATTER_FROM_K: usize = 16;
+
+/// Adds the per-class ground-truth, predicted and true-positive counts of one chunk
+/// (class indices already checked `< k`).
 #[inline(always)]
 pub(crate) fn count_overlap(cls: &[u32], pr: &[u32], k: usize, st: &mut State) {
+    if k >= SCATTER_FROM_K {
+        count_overlap_runs(cls, pr, st);
+        return;
+    }
     for c in 0..k {
         let cu = c as u32;
         let (mut g, mut p, mut t) = (0u32, 0u32, 0u32);
@@ -24,6 +34,40 @@ pub(crate) fn count_overlap(cls: &[u32], pr: &[u32], k: usize, st: &mut State) {
         st.pred_count[c] += u64::from(p);
         st.tp[c] += u64::from(t);
     }
+}
+
+/// The same counts as [`count_overlap`] in one pass over the voxels, whatever `K`: runs
+/// of equal `(label, prediction)` pairs (long in segmentations) are counted and added
+/// once per run: `|y = a| += r`, `|pred = b| += r`, and `tp_a += r` when `a = b`.
+fn count_overlap_runs(cls: &[u32], pr: &[u32], st: &mut State) {
+    let mut flush = |y: u32, q: u32, run: u64| {
+        let (y, q) = (y as usize, q as usize);
+        if let Some(g) = st.gt_count.get_mut(y) {
+            *g += run;
+        }
+        if let Some(p) = st.pred_count.get_mut(q) {
+            *p += run;
+        }
+        if y == q {
+            if let Some(t) = st.tp.get_mut(y) {
+                *t += run;
+            }
+        }
+    };
+    let mut pairs = cls.iter().copied().zip(pr.iter().copied());
+    let Some((mut y, mut q)) = pairs.next() else {
+        return;
+    };
+    let mut run = 1u64;
+    for (a, b) in pairs {
+        if a == y && b == q {
+            run += 1;
+        } else {
+            flush(y, q, run);
+            (y, q, run) = (a, b, 1);
+        }
+    }
+    flush(y, q, run);
 }
 
 /// Inputs of the labels-only path.

@@ -190,3 +190,52 @@ fn results_do_not_depend_on_threads_or_layout() {
     );
     assert!((w.ece - q.ece).abs() < 1e-12 && (w.brier - q.brier).abs() < 1e-12);
 }
+
+/// The per-run scatter used for many classes gives the per-class compare's counts,
+/// on runs, alternations and every class boundary of the switch.
+#[test]
+fn overlap_counts_by_runs_equal_counts_by_class() {
+    use super::hard::{SCATTER_FROM_K, count_overlap};
+    use super::{Needs, State};
+    let needs = Needs {
+        top: false,
+        classwise: false,
+        overlap: true,
+        scores: false,
+    };
+    for k in [2, 5, SCATTER_FROM_K - 1, SCATTER_FROM_K, 40, 130] {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ k as u64;
+        let mut next = |m: u32| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % u64::from(m)) as u32
+        };
+        // Runs of random length, then an alternating tail.
+        let (mut cls, mut pr) = (Vec::new(), Vec::new());
+        while cls.len() < 3000 {
+            let (a, b, r) = (next(k as u32), next(k as u32), 1 + next(40));
+            for _ in 0..r {
+                cls.push(a);
+                pr.push(if next(4) == 0 { a } else { b });
+            }
+        }
+        for i in 0..100 {
+            cls.push(i % k as u32);
+            pr.push((i + 1) % k as u32);
+        }
+        let mut got = State::new(k, 3, needs);
+        count_overlap(&cls, &pr, k, &mut got);
+        let (mut gt, mut pc, mut tp) = (vec![0u64; k], vec![0u64; k], vec![0u64; k]);
+        for (&a, &b) in cls.iter().zip(&pr) {
+            gt[a as usize] += 1;
+            pc[b as usize] += 1;
+            tp[a as usize] += u64::from(a == b);
+        }
+        assert_eq!(
+            (got.gt_count, got.pred_count, got.tp),
+            (gt, pc, tp),
+            "k = {k}"
+        );
+    }
+}
