@@ -234,7 +234,10 @@ fn experiment_on_a_multi_rater_folder_reports_rater_metrics() {
     );
 
     let cfg = root.join("tiny.toml");
-    let tiny = TINY.replace("[net]", "methods = [\"ce\", \"raters\"]\ntemperature_scaling = false\n[net]");
+    let tiny = TINY.replace(
+        "[net]",
+        "methods = [\"ce\", \"raters\"]\ntemperature_scaling = false\n[net]",
+    );
     std::fs::write(&cfg, tiny).unwrap();
     let out = root.join("out");
     let stdout = ok(&[
@@ -270,7 +273,10 @@ fn experiment_on_a_multi_rater_folder_reports_rater_metrics() {
             r["dice_per_rater_mean"].as_f64().unwrap(),
             r["dice_per_rater_max"].as_f64().unwrap(),
         );
-        assert!((0.0..=1.0).contains(&lo) && lo <= mean && mean <= hi && hi <= 1.0, "{r}");
+        assert!(
+            (0.0..=1.0).contains(&lo) && lo <= mean && mean <= hi && hi <= 1.0,
+            "{r}"
+        );
         assert!(r["ece_soft"].as_f64().unwrap() <= 1.0, "{r}");
         assert!(r["ged"].as_f64().unwrap() > -1e-9, "{r}");
         assert!(

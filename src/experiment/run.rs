@@ -516,14 +516,9 @@ impl<'a> Experiment<'a> {
             MethodId::Raters => TargetSource::Raters,
             _ => TargetSource::OneHot,
         };
-        Ok(self.recipe(p, method).fit(
-            name,
-            &p.train,
-            targets,
-            &p.val,
-            seed,
-            Some(&mdir),
-        )?)
+        Ok(self
+            .recipe(p, method)
+            .fit(name, &p.train, targets, &p.val, seed, Some(&mdir))?)
     }
 
     /// One seed: every method trained, tuned on validation, scored on the test parts.
@@ -784,7 +779,9 @@ impl<'a> Experiment<'a> {
             MethodResult::from_reports(name, &s.region, &s.foreground, s.hd95_mean_fg, secs)?;
         if rated {
             for (key, v) in raters.finish()?.headline() {
-                result.extra.insert(format!("{}{key}", report::RATERS_PREFIX), v);
+                result
+                    .extra
+                    .insert(format!("{}{key}", report::RATERS_PREFIX), v);
             }
         }
         Ok(Scored {

@@ -669,7 +669,9 @@ impl Dataset {
         // Label, or the raters and their vote.
         let label = match &case.label {
             None => None,
-            Some(rel) => Some(self.load_label_map(case, rel, "label", format, &spatial, &geometry)?),
+            Some(rel) => {
+                Some(self.load_label_map(case, rel, "label", format, &spatial, &geometry)?)
+            }
         };
         let raters = if case.raters.is_empty() {
             None
@@ -799,7 +801,9 @@ impl Dataset {
         if let Some(v) = seen.iter().find(|v| !declared.contains(v)) {
             return Err(case_err(
                 path,
-                format!("{what} value {v} is not declared in dataset.json (declared: {declared:?})"),
+                format!(
+                    "{what} value {v} is not declared in dataset.json (declared: {declared:?})"
+                ),
             ));
         }
         Ok(lm.labels)

@@ -250,10 +250,16 @@ pub fn write_rater_dataset(root: &Path, config: &RaterDatasetConfig, seed: u64) 
     };
     let mut folders = vec![("imagesTr", "labelsTr", "softlabelsTr", 0, config.train)];
     if config.test > 0 {
-        folders.push(("imagesTs", "labelsTs", "softlabelsTs", config.train, config.test));
+        folders.push((
+            "imagesTs",
+            "labelsTs",
+            "softlabelsTs",
+            config.train,
+            config.test,
+        ));
     }
-    let text = serde_json::to_string_pretty(&json)
-        .map_err(|e| IoError::invalid(root, e.to_string()))?;
+    let text =
+        serde_json::to_string_pretty(&json).map_err(|e| IoError::invalid(root, e.to_string()))?;
     mk("")?;
     crate::atomic::write_atomic(&root.join("dataset.json"), text.as_bytes())?;
     for (images, labels, soft, first, n) in folders {

@@ -88,7 +88,11 @@ fn phantom_folder_is_discovered_and_voted() {
         assert_eq!(case.image, made.image);
         let soft = case.soft_label.as_ref().unwrap();
         assert_eq!(soft.shape(), &[3, 12, 12, 3]);
-        assert!(soft.iter().zip(&rp.phantom.soft_labels).all(|(a, b)| (a - b).abs() < 1e-6));
+        assert!(
+            soft.iter()
+                .zip(&rp.phantom.soft_labels)
+                .all(|(a, b)| (a - b).abs() < 1e-6)
+        );
     }
     fs::remove_dir_all(&root).unwrap();
 }
@@ -235,7 +239,11 @@ fn rater_errors_name_the_file() {
     let geo = Geometry::unit(2);
     let m = ArrayD::<u32>::zeros(IxDyn(&[2, 3]));
     write_nifti_labels(root.join("labelsTr/ghost_rater1.nii.gz"), &m, &geo).unwrap();
-    let e = Dataset::open(&root).unwrap().check().unwrap_err().to_string();
+    let e = Dataset::open(&root)
+        .unwrap()
+        .check()
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("ghost_rater1.nii.gz") && e.contains("without images"),
         "{e}"

@@ -534,7 +534,8 @@ impl RaterAgreement {
             check_labels(y, self.classes, "raters")?;
         }
         let (k, bg) = (self.classes, self.config.background);
-        let d = |a: &ArrayViewD<'_, u32>, b: &ArrayViewD<'_, u32>| distance(&confusion(a, b, k), bg);
+        let d =
+            |a: &ArrayViewD<'_, u32>, b: &ArrayViewD<'_, u32>| distance(&confusion(a, b, k), bg);
         // Mean over all ordered pairs; d(x, x) = 0 and d is symmetric.
         let pairs_mean = |xs: &[ArrayViewD<'_, u32>]| {
             let mut s = 0.0;
@@ -865,7 +866,12 @@ mod tests {
         s.update(probs.view(), q1.view(), None).unwrap();
         let soft = s.finish().unwrap();
         let hard = crate::evaluate(probs.view(), y.view(), &cfg).unwrap();
-        assert!((soft.ece - hard.ece).abs() < 1e-12, "{} {}", soft.ece, hard.ece);
+        assert!(
+            (soft.ece - hard.ece).abs() < 1e-12,
+            "{} {}",
+            soft.ece,
+            hard.ece
+        );
         assert!((soft.brier - hard.brier).abs() < 1e-12);
         assert!((soft.nll - hard.nll).abs() < 1e-12);
     }
@@ -899,6 +905,10 @@ mod tests {
             Err(MetricsError::NonFinite { .. })
         ));
         let mut scorer = RaterScorer::new(MetricConfig::default(), 3).unwrap();
-        assert!(scorer.update(q.view(), &[map(vec![0], &[1]).view()], None).is_err());
+        assert!(
+            scorer
+                .update(q.view(), &[map(vec![0], &[1]).view()], None)
+                .is_err()
+        );
     }
 }

@@ -261,7 +261,10 @@ fn rater_targets_are_the_mean_of_the_raters_one_hot_maps() {
                     soft += usize::from(votes == 1 || votes == 2);
                 }
                 // Hard labels: the majority vote.
-                assert_eq!(sample.labels[[x, y]], case.label.as_ref().unwrap()[[x, y, z]]);
+                assert_eq!(
+                    sample.labels[[x, y]],
+                    case.label.as_ref().unwrap()[[x, y, z]]
+                );
             }
         }
     }

@@ -240,9 +240,8 @@ fn prepare(case: &Case, opts: &SetOptions) -> Result<Case> {
                 ))
             })?;
             let views: Vec<_> = raters.iter().map(|r| r.view()).collect();
-            let t = calseg_metrics::raters::rater_distribution(&views, k).map_err(|e| {
-                SegError::Config(format!("case {}: rater targets: {e}", case.id))
-            })?;
+            let t = calseg_metrics::raters::rater_distribution(&views, k)
+                .map_err(|e| SegError::Config(format!("case {}: rater targets: {e}", case.id)))?;
             check(&t, &|| format!("case {} (raters)", case.id))?;
             t
         }
