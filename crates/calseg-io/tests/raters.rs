@@ -140,7 +140,7 @@ fn rater_phantom_is_seeded_and_disagrees_at_boundaries_only() {
         3,
     )
     .unwrap();
-    assert!(same.raters.iter().all(|r| r == &same.raters[0]));
+    assert!(same.raters.iter().all(|r| *r == same.raters[0]));
     for bad in [
         RaterPhantomConfig {
             raters: 0,
