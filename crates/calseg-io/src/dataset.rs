@@ -714,7 +714,7 @@ impl Dataset {
             Some(maps)
         };
         let label = match (&raters, label) {
-            (Some(maps), None) => Some(majority_vote(maps)),
+            (Some(maps), None) => Some(majority_vote(maps)?),
             (_, label) => label,
         };
 
@@ -902,29 +902,41 @@ fn rater_files(names: &[String], labels_dir: &str, id: &str, ending: &str) -> Ve
     out
 }
 
-/// The per-voxel majority vote of the rater maps `(*spatial)` (all of one shape): the
-/// value most raters gave, ties → the lowest value (the argmax of the raters' mean
-/// one-hot map with ties → lower class). An empty list gives an empty array.
+/// The per-voxel majority vote of the rater maps `(*spatial)`: the value most raters
+/// gave, ties → the lowest value (the argmax of the raters' mean one-hot map with ties →
+/// lower class).
 ///
 /// ```
 /// use ndarray::{ArrayD, IxDyn};
 /// let r = |v: Vec<u32>| ArrayD::from_shape_vec(IxDyn(&[4]), v).unwrap();
-/// let vote = calseg_io::dataset::majority_vote(&[r(vec![0, 1, 2, 1]), r(vec![1, 1, 2, 2]), r(vec![0, 0, 1, 3])]);
+/// let vote = calseg_io::dataset::majority_vote(&[r(vec![0, 1, 2, 1]), r(vec![1, 1, 2, 2]), r(vec![0, 0, 1, 3])])?;
 /// // voxel 3: one vote each for 1, 2, 3 → the lowest, 1.
 /// assert_eq!(vote.into_raw_vec_and_offset().0, vec![0, 1, 2, 1]);
+/// # Ok::<(), calseg_io::IoError>(())
 /// ```
-pub fn majority_vote(raters: &[ArrayD<u32>]) -> ArrayD<u32> {
-    let Some(first) = raters.first() else {
-        return ArrayD::zeros(IxDyn(&[0]));
-    };
-    let mut out = first.clone();
+///
+/// # Errors
+/// [`IoError::InvalidInput`] for no map, or maps of different shapes.
+pub fn majority_vote(raters: &[ArrayD<u32>]) -> Result<ArrayD<u32>> {
+    let bad = |reason: String| IoError::invalid(Path::new("rater label maps"), reason);
+    let first = raters
+        .first()
+        .ok_or_else(|| bad("no rater map to vote over".into()))?;
+    if let Some(r) = raters.iter().find(|r| r.shape() != first.shape()) {
+        return Err(bad(format!(
+            "rater maps of shapes {:?} and {:?}",
+            first.shape(),
+            r.shape()
+        )));
+    }
+    let mut iters: Vec<_> = raters.iter().map(|r| r.iter()).collect();
     let mut votes: Vec<u32> = Vec::with_capacity(raters.len());
-    for (idx, o) in out.indexed_iter_mut() {
+    let mut out = Vec::with_capacity(first.len());
+    for _ in 0..first.len() {
         votes.clear();
-        votes.extend(raters.iter().filter_map(|r| r.get(idx.clone()).copied()));
+        votes.extend(iters.iter_mut().filter_map(Iterator::next).copied());
         votes.sort_unstable();
-        let (mut best, mut best_n) = (votes.first().copied().unwrap_or(0), 0usize);
-        let mut i = 0;
+        let (mut best, mut best_n, mut i) = (0, 0usize, 0);
         while i < votes.len() {
             let j = votes[i..].iter().take_while(|&&v| v == votes[i]).count();
             // Strictly more votes wins; values ascend, so ties keep the lowest.
@@ -934,9 +946,9 @@ pub fn majority_vote(raters: &[ArrayD<u32>]) -> ArrayD<u32> {
             }
             i += j;
         }
-        *o = best;
+        out.push(best);
     }
-    out
+    ArrayD::from_shape_vec(first.raw_dim(), out).map_err(|e| bad(e.to_string()))
 }
 
 /// Affines agree within 1e-3 relative (or both absent).

@@ -120,10 +120,13 @@ impl RaterPhantom {
     /// As a dataset [`Case`] the way a multi-rater folder loads: `raters`, their
     /// majority vote as `label`, the phantom's true soft labels as `soft_label`.
     pub fn to_case(&self, id: &str) -> Case {
+        // Raters of one shape, at least one: the vote cannot fail.
+        let vote = crate::dataset::majority_vote(&self.raters)
+            .unwrap_or_else(|_| self.phantom.labels.clone());
         Case {
             id: id.to_string(),
             image: self.phantom.image.clone(),
-            label: Some(crate::dataset::majority_vote(&self.raters)),
+            label: Some(vote),
             soft_label: Some(self.phantom.soft_labels.clone()),
             raters: Some(self.raters.clone()),
             geometry: Geometry::unit(self.phantom.labels.ndim()),

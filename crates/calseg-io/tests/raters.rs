@@ -82,7 +82,12 @@ fn phantom_folder_is_discovered_and_voted() {
         // Read back exactly what the generator made, in rater order.
         let rp = generate_raters(&cfg.phantom, 11 + i as u64).unwrap();
         assert_eq!(raters, rp.raters);
-        assert_eq!(case.label.as_ref().unwrap(), &majority_vote(&raters));
+        assert_eq!(
+            case.label.as_ref().unwrap(),
+            &majority_vote(&raters).unwrap()
+        );
+        assert!(majority_vote(&[]).is_err());
+        assert!(majority_vote(&[raters[0].clone(), ArrayD::zeros(IxDyn(&[2]))]).is_err());
         let made = rp.to_case(id);
         assert_eq!(case.label, made.label);
         assert_eq!(case.image, made.image);

@@ -81,17 +81,19 @@ pub fn rater_distribution(
     }
     let mut shape = vec![classes];
     shape.extend_from_slice(first.shape());
-    let mut q = ArrayD::<f32>::zeros(IxDyn(&shape));
-    let w = 1.0 / raters.len() as f32;
+    let n = first.len();
+    let mut q = vec![0.0f32; classes * n];
+    // One count per voxel and class, then one division: exact multiples of 1/R.
     for r in raters {
         check_labels(r, classes, "raters")?;
-        for (idx, &l) in r.indexed_iter() {
-            let mut at = Vec::with_capacity(shape.len());
-            at.push(l as usize);
-            at.extend_from_slice(idx.slice());
-            q[IxDyn(&at)] += w;
+        for (i, &l) in r.iter().enumerate() {
+            q[l as usize * n + i] += 1.0;
         }
     }
+    let w = raters.len() as f32;
+    q.iter_mut().for_each(|v| *v /= w);
+    let q = ArrayD::from_shape_vec(IxDyn(&shape), q)
+        .map_err(|e| MetricsError::Invalid(e.to_string()))?;
     Ok(q)
 }
 
