@@ -189,3 +189,120 @@ fn bad_experiment_options_exit_2() {
     assert!(err.contains("nope"), "{err}");
     assert!(!out.exists(), "nothing may be written on bad input");
 }
+
+/// A seeded multi-rater phantom folder: `calseg experiment` adds the `raters` method to
+/// the default list, trains it on the rater distribution, and reports the rater-based
+/// metrics of every method; `raters` on a dataset without raters is bad input.
+#[test]
+fn experiment_on_a_multi_rater_folder_reports_rater_metrics() {
+    use calseg::io::phantom::{
+        PhantomConfig, RaterDatasetConfig, RaterPhantomConfig, write_rater_dataset,
+    };
+    let root = scratch_in("cli-experiment", "raters");
+    let data = root.join("Dataset005_Raters");
+    let rcfg = RaterDatasetConfig {
+        phantom: RaterPhantomConfig {
+            phantom: PhantomConfig {
+                shape: vec![16, 16, 4],
+                classes: 3,
+                supersample: 2,
+                ..PhantomConfig::default()
+            },
+            raters: 3,
+            spread: 0.6,
+        },
+        train: 4,
+        test: 1,
+    };
+    write_rater_dataset(&data, &rcfg, 5).unwrap();
+
+    // The default method list gains `raters` on this folder.
+    let ds = calseg::io::Dataset::open(&data).unwrap();
+    let progress = calseg::experiment::NoProgress;
+    let exp = calseg::experiment::Experiment::new(
+        &ds,
+        calseg::experiment::ExperimentConfig::default(),
+        root.join("unused"),
+        calseg::experiment::Masks::None,
+        &progress,
+    )
+    .unwrap();
+    assert!(
+        exp.config()
+            .methods
+            .contains(&calseg::experiment::MethodId::Raters)
+    );
+
+    let cfg = root.join("tiny.toml");
+    let tiny = TINY.replace(
+        "[net]",
+        "methods = [\"ce\", \"raters\"]\ntemperature_scaling = false\n[net]",
+    );
+    std::fs::write(&cfg, tiny).unwrap();
+    let out = root.join("out");
+    let stdout = ok(&[
+        "experiment",
+        "--data",
+        s(&data),
+        "--out",
+        s(&out),
+        "--config",
+        s(&cfg),
+        "--quiet",
+    ]);
+    assert!(stdout.contains("| raters |"), "{stdout}");
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    // The test part is the folder's own labelled test case.
+    assert_eq!(json["split"]["test"].as_array().map(Vec::len), Some(1));
+    for m in ["ce", "raters"] {
+        let r = &json["methods"][m]["raters"];
+        for key in [
+            "ece_soft",
+            "brier_soft",
+            "nll_soft",
+            "ged",
+            "dice_per_rater_mean",
+            "dice_per_rater_min",
+            "dice_per_rater_max",
+        ] {
+            assert!(r[key].is_number(), "{m}.raters.{key} missing: {r}");
+        }
+        let (lo, mean, hi) = (
+            r["dice_per_rater_min"].as_f64().unwrap(),
+            r["dice_per_rater_mean"].as_f64().unwrap(),
+            r["dice_per_rater_max"].as_f64().unwrap(),
+        );
+        assert!(
+            (0.0..=1.0).contains(&lo) && lo <= mean && mean <= hi && hi <= 1.0,
+            "{r}"
+        );
+        assert!(r["ece_soft"].as_f64().unwrap() <= 1.0, "{r}");
+        assert!(r["ged"].as_f64().unwrap() > -1e-9, "{r}");
+        assert!(
+            json["methods"][m]["extra"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .all(|k| !k.starts_with("raters.")),
+            "rater keys stay out of extra"
+        );
+    }
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    assert!(md.contains("## Against the raters"), "{md}");
+
+    // `raters` on a folder without raters: exit 2, before anything is written.
+    let plain = common::phantom_dataset(&root, "Dataset006_Plain", &["a", "b"], 3, &[16, 16, 8], 1);
+    let out2 = root.join("out_plain");
+    let err = bad(&[
+        "experiment",
+        "--data",
+        s(&plain),
+        "--out",
+        s(&out2),
+        "--methods",
+        "ce,raters",
+    ]);
+    assert!(err.contains("raters"), "{err}");
+    assert!(!out2.exists());
+}

@@ -19,7 +19,8 @@ pub struct ExperimentArgs {
     /// 2 (slices) or 3 (volumes / patches). Overrides the config file.
     #[arg(long)]
     dims: Option<usize>,
-    /// Comma-separated methods (ce,ls,focal,svls,mbls,nacl,calseg). Overrides the config.
+    /// Comma-separated methods (ce,ls,focal,svls,mbls,nacl,calseg; raters on a dataset with
+    /// raters). Overrides the config.
     #[arg(long, value_delimiter = ',')]
     methods: Option<Vec<MethodId>>,
     /// First seed. Overrides the config.

@@ -5,7 +5,7 @@
 //! seed = 0              # first seed; seed i of --seeds N is seed + i
 //! seeds = 1
 //! dims = 2              # 2: slices along split.axis; 3: patches
-//! methods = ["ce", "ls", "focal", "svls", "mbls", "nacl", "calseg"]
+//! methods = ["ce", "ls", "focal", "svls", "mbls", "nacl", "calseg"]  # + "raters" when the data have raters
 //! temperature_scaling = true   # adds "ce+ts" (T fitted on validation NLL)
 //!
 //! [split]   # see SplitConfig: axis = 2, test_fraction = 0.5, val_fraction = 0.2, min_cases = 5
@@ -50,11 +50,29 @@ pub enum MethodId {
     Nacl,
     /// CALSeg: soft-target CE on the variational label smoother's `Y_s`.
     Calseg,
+    /// Soft-target CE on the rater distribution (the mean of the raters' one-hot maps,
+    /// `TargetSource::Raters`): the baseline of multi-rater data sets. Only for datasets
+    /// whose training cases have raters; the default method list gains it there.
+    Raters,
 }
 
 impl MethodId {
     /// Every method, in report order.
-    pub const ALL: [MethodId; 7] = [
+    pub const ALL: [MethodId; 8] = [
+        MethodId::Ce,
+        MethodId::Ls,
+        MethodId::Focal,
+        MethodId::Svls,
+        MethodId::Mbls,
+        MethodId::Nacl,
+        MethodId::Calseg,
+        MethodId::Raters,
+    ];
+
+    /// The default method list: every method that any dataset supports (all but
+    /// `raters`, which [`crate::experiment::Experiment::new`] adds when the training
+    /// cases have raters).
+    pub const DEFAULT: [MethodId; 7] = [
         MethodId::Ce,
         MethodId::Ls,
         MethodId::Focal,
@@ -64,7 +82,7 @@ impl MethodId {
         MethodId::Calseg,
     ];
 
-    /// The name (`ce`, `ls`, `focal`, `svls`, `mbls`, `nacl`, `calseg`).
+    /// The name (`ce`, `ls`, `focal`, `svls`, `mbls`, `nacl`, `calseg`, `raters`).
     pub fn name(self) -> &'static str {
         match self {
             MethodId::Ce => "ce",
@@ -74,6 +92,7 @@ impl MethodId {
             MethodId::Mbls => "mbls",
             MethodId::Nacl => "nacl",
             MethodId::Calseg => "calseg",
+            MethodId::Raters => "raters",
         }
     }
 
@@ -115,7 +134,8 @@ pub struct ExperimentConfig {
     pub seeds: usize,
     /// 2 (slices) or 3 (patches / whole volumes).
     pub dims: usize,
-    /// Methods to train.
+    /// Methods to train (default: [`MethodId::DEFAULT`], plus `raters` on a dataset whose
+    /// training cases have raters; an explicit list is taken as it is).
     pub methods: Vec<MethodId>,
     /// Also report CE with temperature scaling fitted on the validation part (`ce+ts`).
     pub temperature_scaling: bool,
@@ -184,7 +204,8 @@ impl Default for LossParams {
 }
 
 impl LossParams {
-    /// The loss of a method (`calseg` trains with soft-target CE on `Y_s`).
+    /// The loss of a method (`calseg` trains with soft-target CE on `Y_s`, `raters` on
+    /// the rater distribution).
     pub fn method(&self, m: MethodId) -> Method {
         match m {
             MethodId::Ce => Method::Ce,
@@ -206,7 +227,7 @@ impl LossParams {
                 norm: NaclNorm::L1,
                 window: NaclWindow::Mean,
             },
-            MethodId::Calseg => Method::Soft,
+            MethodId::Calseg | MethodId::Raters => Method::Soft,
         }
     }
 
@@ -292,7 +313,7 @@ impl Default for ExperimentConfig {
             seed: 0,
             seeds: 1,
             dims: 2,
-            methods: MethodId::ALL.to_vec(),
+            methods: MethodId::DEFAULT.to_vec(),
             temperature_scaling: true,
             split: SplitConfig::default(),
             net: c.net.net.clone(),

@@ -15,6 +15,7 @@ use super::split::{Part, Split, SplitPlan};
 use crate::error::Error;
 use crate::report::{self, MachineInfo, MethodResult};
 use calseg_io::{Case, Dataset, read_labels};
+use calseg_metrics::raters::RaterScorer;
 use calseg_metrics::{MetricConfig, Region, ReliabilityBin, ScoreSpec, Scorer};
 use calseg_seg::calibrate::{FitConfig, TemperatureFit};
 use calseg_seg::infer::{InferOptions, InferSpec, predict_logits};
@@ -205,6 +206,20 @@ impl<'a> Experiment<'a> {
         progress: &'a dyn Progress,
     ) -> Result<Self> {
         cfg.validate().map_err(Error::Input)?;
+        let mut cfg = cfg;
+        // `raters` needs raters on every training case; the default list gains it then.
+        let train = ds.training_cases();
+        let with_raters = !train.is_empty() && train.iter().all(|c| c.rater_count() > 0);
+        if cfg.methods.contains(&MethodId::Raters) && !with_raters {
+            return Err(Error::Input(
+                "method raters needs a dataset whose training cases all have raters \
+                 (labelsTr/CASE_rater1.nii.gz, …); this one has none or not on every case"
+                    .into(),
+            ));
+        }
+        if with_raters && cfg.methods == MethodId::DEFAULT {
+            cfg.methods.push(MethodId::Raters);
+        }
         Ok(Self {
             ds,
             cfg,
@@ -215,6 +230,12 @@ impl<'a> Experiment<'a> {
             note: None,
             device: Device::Cpu,
         })
+    }
+
+    /// The configuration in force (after `new` added `raters` to the default method list
+    /// on a dataset with raters).
+    pub fn config(&self) -> &ExperimentConfig {
+        &self.cfg
     }
 
     /// Hides the trainers' progress bars.
@@ -333,6 +354,12 @@ impl<'a> Experiment<'a> {
         let conv = convergence_section(&summaries);
         let at = body.find("\n## Configuration").unwrap_or(body.len());
         body.insert_str(at, &conv);
+        let rater_section = report::raters_section(&summaries);
+        let at = body
+            .find("\n## Dice per class")
+            .or_else(|| body.find("\n## Configuration"))
+            .unwrap_or(body.len());
+        body.insert_str(at, &rater_section);
         markdown.push_str(&body);
         calseg_io::atomic::write_atomic(&self.out.join("results.md"), markdown.as_bytes())?;
         if let Some((rel, pan)) = first_seed {
@@ -494,14 +521,13 @@ impl<'a> Experiment<'a> {
         }
         self.progress
             .stage(&format!("seed {seed}: training {name}"));
-        Ok(self.recipe(p, method).fit(
-            name,
-            &p.train,
-            TargetSource::OneHot,
-            &p.val,
-            seed,
-            Some(&mdir),
-        )?)
+        let targets = match method {
+            MethodId::Raters => TargetSource::Raters,
+            _ => TargetSource::OneHot,
+        };
+        Ok(self
+            .recipe(p, method)
+            .fit(name, &p.train, targets, &p.val, seed, Some(&mdir))?)
     }
 
     /// One seed: every method trained, tuned on validation, scored on the test parts.
@@ -721,9 +747,18 @@ impl<'a> Experiment<'a> {
         self.progress
             .stage(&format!("scoring {name} on the test part"));
         let mut scorer = Scorer::new(self.score_spec(p))?;
+        let mut raters = RaterScorer::new(self.score_spec(p).metrics, p.classes)?;
+        let mut rated = false;
         let mut panel = None;
         for (i, c) in p.test_cases().iter().enumerate() {
             let (_, probs) = score_case(model, c, &mut scorer, temperature)?;
+            if let Some(maps) = &c.case.raters {
+                let views: Vec<_> = maps.iter().map(|m| m.view()).collect();
+                raters
+                    .update(probs.view(), &views, c.mask.clone())
+                    .map_err(|e| Error::Input(format!("case {}: raters: {e}", c.case.id)))?;
+                rated = true;
+            }
             if i == 0 {
                 panel = Some(panel_slice(
                     &probs.map_axis(Axis(0), |v| v.iter().cloned().fold(0.0f32, f32::max)),
@@ -749,14 +784,17 @@ impl<'a> Experiment<'a> {
                 secs,
             )?)
         };
+        let mut result =
+            MethodResult::from_reports(name, &s.region, &s.foreground, s.hd95_mean_fg, secs)?;
+        if rated {
+            for (key, v) in raters.finish()?.headline() {
+                result
+                    .extra
+                    .insert(format!("{}{key}", report::RATERS_PREFIX), v);
+            }
+        }
         Ok(Scored {
-            result: MethodResult::from_reports(
-                name,
-                &s.region,
-                &s.foreground,
-                s.hd95_mean_fg,
-                secs,
-            )?,
+            result,
             shifted,
             reliability: s.region.reliability.clone(),
             panel,

@@ -1,7 +1,7 @@
 //! `results.json`: one object per method, then the configuration, split and soft-label
 //! quality; `NaN` and absent values are `null`.
 
-use super::{MethodResult, MethodSummary, ReportError};
+use super::{MethodResult, MethodSummary, RATERS_PREFIX, ReportError};
 use serde_json::{Map, Value, json};
 use std::path::Path;
 
@@ -17,7 +17,9 @@ fn nums(xs: &[f64]) -> Value {
 impl MethodSummary {
     /// The method's object in `results.json`: the mean values under the field names,
     /// `n_seeds`, `extra` (an object), and with several seeds a sibling `NAME_sd` for
-    /// every number (`dice_sd` per class; inside `extra`, `KEY_sd`).
+    /// every number (`dice_sd` per class; inside `extra`, `KEY_sd`). The `extra` keys
+    /// that start with [`RATERS_PREFIX`] go to an object `raters` instead, without the
+    /// prefix (`{"raters": {"ece_soft": …, "ged": …, "ged_sd": …}}`).
     pub fn to_json(&self) -> Value {
         let m = &self.mean;
         let mut o = Map::new();
@@ -57,6 +59,21 @@ impl MethodSummary {
             for (k, &v) in &sd.extra {
                 extra.insert(format!("{k}_sd"), num(v));
             }
+        }
+        // Rater-based numbers have their own object: `"raters": {"ged": …, "ged_sd": …}`.
+        let rater_keys: Vec<String> = extra
+            .keys()
+            .filter(|k| k.starts_with(RATERS_PREFIX))
+            .cloned()
+            .collect();
+        if !rater_keys.is_empty() {
+            let mut raters = Map::new();
+            for k in rater_keys {
+                if let Some(v) = extra.remove(&k) {
+                    raters.insert(k[RATERS_PREFIX.len()..].to_string(), v);
+                }
+            }
+            o.insert("raters".into(), Value::Object(raters));
         }
         o.insert("extra".into(), Value::Object(extra));
         Value::Object(o)

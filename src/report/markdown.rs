@@ -303,3 +303,45 @@ pub fn seed_spread(methods: &[MethodSummary]) -> String {
     }
     s
 }
+
+/// The `results.md` section on the raters (empty when no method has rater metrics):
+/// per method, ECE, Brier and NLL against the rater distribution, the generalised energy
+/// distance and the Dice against each rater (mean, min–max over raters), seed means.
+pub fn raters_section(methods: &[MethodSummary]) -> String {
+    let key = |m: &MethodSummary, k: &str| {
+        m.mean
+            .extra
+            .get(&format!("{}{k}", super::RATERS_PREFIX))
+            .copied()
+    };
+    let rows: Vec<String> = methods
+        .iter()
+        .filter_map(|m| {
+            let v = |k: &str| key(m, k).unwrap_or(f64::NAN);
+            key(m, "ged")?;
+            Some(format!(
+                "| {} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} ({:.4}–{:.4}) |",
+                m.name,
+                v("ece_soft"),
+                v("brier_soft"),
+                v("nll_soft"),
+                v("ged"),
+                v("dice_per_rater_mean"),
+                v("dice_per_rater_min"),
+                v("dice_per_rater_max"),
+            ))
+        })
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\n## Against the raters\n\nThe test cases have several raters. Calibration against the rater \
+         distribution q (the per-voxel mean of the raters' one-hot maps): ECE with accuracy = q at the \
+         arg-max, Brier Σ_k (p_k − q_k)², NLL −Σ_k q_k ln p_k; the generalised energy distance \
+         (Kohl et al. 2018, d = 1 − mean foreground IoU, lower is better) of the arg-max against the \
+         raters; Dice of the arg-max against each rater (foreground mean; mean and min–max over raters).\n\n\
+         | Method | ECE (soft) | Brier (soft) | NLL (soft) | GED | Dice per rater |\n|---|---:|---:|---:|---:|---:|\n{}\n",
+        rows.join("\n")
+    )
+}

@@ -12,7 +12,11 @@
 //!   `{"methods": {NAME: {"ece", "ece_fg", "mce", "cece", "ace", "brier", "nll", "dice",
 //!   "dice_mean_fg", "hd95_mean_fg", "train_seconds", "n_seeds", "extra", …_sd}},
 //!   "config", "split", "soft_label_quality"}` — the key names are a contract with the
-//!   scripts that read it. `NaN` and absent values are `null`.
+//!   scripts that read it. `NaN` and absent values are `null`. When the test cases have
+//!   raters, every method also has `"raters": {"ece_soft", "brier_soft", "nll_soft",
+//!   "ged", "dice_per_rater_mean", "dice_per_rater_min", "dice_per_rater_max"}`
+//!   (`calseg_metrics::raters`; kept in [`MethodResult::extra`] under [`RATERS_PREFIX`]),
+//!   and [`raters_section`] renders them in `results.md`.
 //! * [`results_markdown`] renders methods × metrics with the best value of each column in
 //!   bold, `± sd` with several seeds, then the configuration, split, soft-label quality,
 //!   budget and machine ([`MachineInfo`]).
@@ -38,7 +42,11 @@ mod tests;
 
 pub use figures::{write_panel_png, write_reliability_overlay};
 pub use json::{results_json, write_results_json};
-pub use markdown::{MachineInfo, methods_table, results_markdown, seed_spread};
+pub use markdown::{MachineInfo, methods_table, raters_section, results_markdown, seed_spread};
+
+/// Prefix of the [`MethodResult::extra`] keys that hold rater-based metrics
+/// (`raters.ged`, …); `results.json` lists them in a `raters` object without it.
+pub const RATERS_PREFIX: &str = "raters.";
 pub use stats::{MethodResult, MethodSummary, foreground_config, group_by_method, summarize};
 
 use calseg_metrics::MetricsError;

@@ -244,3 +244,33 @@ fn overlay_is_written_as_png_and_svg() {
     assert!(!other.exists() && !jpg.exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn rater_metrics_get_their_own_object_and_section() {
+    let mut a = run("raters", 0.1, 0.8, None);
+    let mut b = run("raters", 0.3, 0.7, None);
+    a.extra.insert(format!("{RATERS_PREFIX}ged"), 0.2);
+    b.extra.insert(format!("{RATERS_PREFIX}ged"), 0.4);
+    a.extra.insert(format!("{RATERS_PREFIX}ece_soft"), 0.05);
+    b.extra.insert(format!("{RATERS_PREFIX}ece_soft"), 0.05);
+    let s = summarize(&[a, b]).unwrap();
+    let j = s.to_json();
+    assert!(
+        (j["raters"]["ged"].as_f64().unwrap() - 0.3).abs() < 1e-12,
+        "{j}"
+    );
+    assert!(j["raters"]["ged_sd"].as_f64().unwrap() > 0.0, "{j}");
+    assert_eq!(j["raters"]["ece_soft_sd"].as_f64(), Some(0.0));
+    assert!(j["extra"]["kl"].is_number());
+    assert!(j["extra"].get("raters.ged").is_none(), "{j}");
+    // Without rater metrics there is no `raters` object and no section.
+    let plain: MethodSummary = run("ce", 0.1, 0.8, None).into();
+    assert!(plain.to_json().get("raters").is_none());
+    assert_eq!(raters_section(std::slice::from_ref(&plain)), "");
+    let md = raters_section(&[s, plain]);
+    assert!(
+        md.contains("## Against the raters") && md.contains("| raters | 0.0500 |"),
+        "{md}"
+    );
+    assert!(!md.contains("| ce |"), "{md}");
+}

@@ -4,7 +4,8 @@
 //! Dataset/
 //! ├── dataset.json
 //! ├── imagesTr/CASE_0000.nii.gz   one file per channel: _0000, _0001, …
-//! ├── labelsTr/CASE.nii.gz        integer label map
+//! ├── labelsTr/CASE.nii.gz        integer label map, or one per rater:
+//! ├── labelsTr/CASE_rater1.nii.gz  … CASE_raterR.nii.gz (multi-rater cases, see below)
 //! ├── softlabelsTr/CASE.nii.gz    optional (calseg): soft labels, 4D (x, y, z, K), float32
 //! ├── imagesTs/…                  optional test images
 //! └── labelsTs/…                  optional test labels
@@ -21,6 +22,28 @@
 //! images and label agree in shape and affine, and that every label value is declared —
 //! each failure an [`IoError::Case`] naming the case and the file. [`Dataset::check`]
 //! runs those checks over every case.
+//!
+//! ## Multi-rater cases
+//! Data sets on which calibration is judged against real uncertainty (QUBIQ, LIDC-IDRI,
+//! RIGA) have several raters per image. Such a case has one label map per rater,
+//! `labelsTr/CASE_rater{N}` + `file_ending` (e.g. `CASE_rater1.nii.gz`, also `.nii`,
+//! `.npy`, `.png` like the other label files; the same in `labelsTs/`), found
+//! automatically when `labelsTr/CASE` + `file_ending` is absent. The rules:
+//! * `N` runs `1..=R` without gaps and is written without leading zeros (`rater1`,
+//!   `rater12`; a file `CASE_rater01` is not a rater file). A gap (`rater1`, `rater3`)
+//!   is an [`IoError::Case`] naming the first missing file.
+//! * Every rater map is checked like a label map: same shape and affine as the image,
+//!   every value declared in `dataset.json` (the error names the rater's file).
+//! * A case with both `CASE` and `CASE_rater1` label files is ambiguous and an error
+//!   naming both (there is no silent precedence).
+//! * [`Case::raters`] holds the `R` maps in rater order; [`Case::label`] is their
+//!   **per-voxel majority vote**, ties going to the **lowest label value** — the argmax,
+//!   ties → lower class, of the rater mean, so all code that needs one hard label keeps
+//!   working. The mean of the raters' one-hot maps is the soft label of the rater
+//!   distribution (`calseg_metrics::raters::rater_distribution`, and the training target
+//!   `TargetSource::Raters` of calseg-seg).
+//!
+//! [`crate::phantom::write_rater_dataset`] writes a seeded multi-rater folder.
 
 use crate::error::{IoError, Result};
 use crate::image::{
@@ -306,6 +329,16 @@ pub struct CaseRef {
     channels_last: bool,
     label: Option<String>,
     soft_label: Option<String>,
+    /// Rater label files `(N, path)`, sorted by `N` (empty: not a multi-rater case).
+    raters: Vec<(u32, String)>,
+}
+
+impl CaseRef {
+    /// Number of rater label files found for the case (`CASE_rater{N}`; 0 for an
+    /// ordinary case). Known from the folder listing, before loading.
+    pub fn rater_count(&self) -> usize {
+        self.raters.len()
+    }
 }
 
 /// A loaded case.
@@ -319,6 +352,9 @@ pub struct Case {
     pub label: Option<ArrayD<u32>>,
     /// Soft labels `(K, *spatial)` from `softlabelsTr/`, if present.
     pub soft_label: Option<ArrayD<f32>>,
+    /// The label maps `(*spatial)` of the raters, in rater order (`CASE_rater1`, …), for
+    /// a multi-rater case (see the module docs); `label` is then their majority vote.
+    pub raters: Option<Vec<ArrayD<u32>>>,
     /// Geometry of the spatial axes (from the first channel's file).
     pub geometry: Geometry,
 }
@@ -380,7 +416,7 @@ impl Dataset {
             Some(pairs) => ds.cases_from_list(
                 Split::Train,
                 pairs.into_iter().map(|p| (p.image, p.label)).collect(),
-            ),
+            )?,
             None => ds
                 .cases_from_folder(Split::Train)?
                 .ok_or_else(|| IoError::Case {
@@ -391,7 +427,7 @@ impl Dataset {
         };
         ds.test = match test_list {
             Some(list) => {
-                ds.cases_from_list(Split::Test, list.into_iter().map(|i| (i, None)).collect())
+                ds.cases_from_list(Split::Test, list.into_iter().map(|i| (i, None)).collect())?
             }
             None => ds.cases_from_folder(Split::Test)?.unwrap_or_default(),
         };
@@ -406,11 +442,17 @@ impl Dataset {
     }
 
     /// Cases from an MSD v1 `training`/`test` list ("./imagesTr/X.nii.gz").
-    fn cases_from_list(&self, split: Split, items: Vec<(String, Option<String>)>) -> Vec<CaseRef> {
+    fn cases_from_list(
+        &self,
+        split: Split,
+        items: Vec<(String, Option<String>)>,
+    ) -> Result<Vec<CaseRef>> {
         let (_, labels_dir, soft_dir) = Self::folders(split);
         let clean = |p: &str| p.trim_start_matches("./").to_string();
         let ending = &self.info.file_ending;
-        items
+        let rater_names = self.store.list(labels_dir)?.unwrap_or_default();
+        let rater_names = &rater_names;
+        Ok(items
             .into_iter()
             .map(|(image, label)| {
                 let image = clean(&image);
@@ -419,12 +461,16 @@ impl Dataset {
                     .strip_suffix(ending.as_str())
                     .unwrap_or(&file)
                     .to_string();
+                let raters = rater_files(rater_names, labels_dir, &id, ending);
                 let label = label.map(|l| clean(&l)).or_else(|| {
                     let l = format!("{labels_dir}/{id}{ending}");
                     self.store.exists(&l).then_some(l)
                 });
+                // A listed label that does not exist stands for the raters' vote.
+                let label = label.filter(|l| raters.is_empty() || self.store.exists(l));
                 let soft = format!("{soft_dir}/{id}{ending}");
                 CaseRef {
+                    raters,
                     soft_label: self.store.exists(&soft).then_some(soft),
                     id,
                     split,
@@ -433,7 +479,7 @@ impl Dataset {
                     label,
                 }
             })
-            .collect()
+            .collect())
     }
 
     /// Cases from a folder listing (nnU-Net v2 `CASE_0000` naming, or MSD v1 `CASE`).
@@ -444,7 +490,9 @@ impl Dataset {
         };
         let ending = self.info.file_ending.as_str();
         let nchan = self.info.channel_names.len();
-        let has_labels = self.store.list(labels_dir)?.is_some();
+        let label_names = self.store.list(labels_dir)?;
+        let has_labels = label_names.is_some();
+        let label_names = label_names.unwrap_or_default();
         let mut ids: BTreeMap<String, bool> = BTreeMap::new(); // id → channels_last (whole-case file)
         for name in &names {
             let Some(stem) = name.strip_suffix(ending) else {
@@ -471,8 +519,14 @@ impl Dataset {
                     };
                     let label = format!("{labels_dir}/{id}{ending}");
                     let soft = format!("{soft_dir}/{id}{ending}");
+                    let raters = rater_files(&label_names, labels_dir, &id, ending);
+                    // Without CASE's own label file the raters' vote is the label.
+                    let label = (split == Split::Train || has_labels)
+                        .then_some(label)
+                        .filter(|l| raters.is_empty() || self.store.exists(l));
                     CaseRef {
-                        label: (split == Split::Train || has_labels).then_some(label),
+                        raters,
+                        label,
                         soft_label: self.store.exists(&soft).then_some(soft),
                         id,
                         split,
@@ -612,50 +666,56 @@ impl Dataset {
         let image = ndarray::stack(Axis(0), &views)
             .map_err(|e| case_err(first_file.clone(), format!("cannot stack channels: {e}")))?;
 
-        // Label.
+        // Label, or the raters and their vote.
         let label = match &case.label {
             None => None,
             Some(rel) => {
-                let path = self.store.display(rel);
-                if !self.store.exists(rel) {
-                    return Err(case_err(path, "the label file is missing".into()));
-                }
-                let image = self.read_one(rel, format)?;
-                let lgeo = image.geometry.clone();
-                let lm = image_to_labels(image, &path)?;
-                if lm.labels.shape() != spatial.as_slice() {
-                    return Err(case_err(
-                        path,
-                        format!(
-                            "label shape {:?} differs from image shape {spatial:?}",
-                            lm.labels.shape()
-                        ),
-                    ));
-                }
-                if !affines_agree(&geometry.affine, &lgeo.affine) {
-                    return Err(case_err(
-                        path,
-                        format!(
-                            "label affine {:?} differs from image affine {:?}",
-                            lgeo.affine, geometry.affine
-                        ),
-                    ));
-                }
-                let declared = self.info.declared_values();
-                let mut seen = BTreeSet::new();
-                for &v in lm.labels.iter() {
-                    seen.insert(v);
-                }
-                if let Some(v) = seen.iter().find(|v| !declared.contains(v)) {
-                    return Err(case_err(
-                        path,
-                        format!(
-                            "label value {v} is not declared in dataset.json (declared: {declared:?})"
-                        ),
-                    ));
-                }
-                Some(lm.labels)
+                Some(self.load_label_map(case, rel, "label", format, &spatial, &geometry)?)
             }
+        };
+        let raters = if case.raters.is_empty() {
+            None
+        } else {
+            if let Some(rel) = &case.label {
+                return Err(case_err(
+                    self.store.display(rel),
+                    format!(
+                        "both a label file and rater files ({}) exist: keep one or the other",
+                        case.raters[0].1
+                    ),
+                ));
+            }
+            let mut maps = Vec::with_capacity(case.raters.len());
+            for (i, (n, rel)) in case.raters.iter().enumerate() {
+                let want = i as u32 + 1;
+                if *n != want {
+                    let (_, labels_dir, _) = Self::folders(case.split);
+                    let missing = format!(
+                        "{labels_dir}/{}_rater{want}{}",
+                        case.id, self.info.file_ending
+                    );
+                    let found: Vec<u32> = case.raters.iter().map(|(n, _)| *n).collect();
+                    return Err(case_err(
+                        self.store.display(&missing),
+                        format!(
+                            "rater {want} is missing: rater files must be numbered 1..R without gaps (found {found:?})"
+                        ),
+                    ));
+                }
+                maps.push(self.load_label_map(
+                    case,
+                    rel,
+                    &format!("rater {n} label"),
+                    format,
+                    &spatial,
+                    &geometry,
+                )?);
+            }
+            Some(maps)
+        };
+        let label = match (&raters, label) {
+            (Some(maps), None) => Some(majority_vote(maps)?),
+            (_, label) => label,
         };
 
         // Soft labels.
@@ -687,8 +747,66 @@ impl Dataset {
                 .map_err(|e| case_err(first_file, e.to_string()))?,
             label,
             soft_label,
+            raters,
             geometry,
         })
+    }
+
+    /// Reads one label map (`what`: "label", "rater 2 label") and checks it against the
+    /// image: shape, affine, declared values.
+    fn load_label_map(
+        &self,
+        case: &CaseRef,
+        rel: &str,
+        what: &str,
+        format: Format,
+        spatial: &[usize],
+        geometry: &Geometry,
+    ) -> Result<ArrayD<u32>> {
+        let case_err = |path: PathBuf, reason: String| IoError::Case {
+            case: case.id.clone(),
+            path,
+            reason,
+        };
+        let path = self.store.display(rel);
+        if !self.store.exists(rel) {
+            return Err(case_err(path, format!("the {what} file is missing")));
+        }
+        let image = self.read_one(rel, format)?;
+        let lgeo = image.geometry.clone();
+        let lm = image_to_labels(image, &path)?;
+        if lm.labels.shape() != spatial {
+            return Err(case_err(
+                path,
+                format!(
+                    "{what} shape {:?} differs from image shape {spatial:?}",
+                    lm.labels.shape()
+                ),
+            ));
+        }
+        if !affines_agree(&geometry.affine, &lgeo.affine) {
+            return Err(case_err(
+                path,
+                format!(
+                    "{what} affine {:?} differs from image affine {:?}",
+                    lgeo.affine, geometry.affine
+                ),
+            ));
+        }
+        let declared = self.info.declared_values();
+        let mut seen = BTreeSet::new();
+        for &v in lm.labels.iter() {
+            seen.insert(v);
+        }
+        if let Some(v) = seen.iter().find(|v| !declared.contains(v)) {
+            return Err(case_err(
+                path,
+                format!(
+                    "{what} value {v} is not declared in dataset.json (declared: {declared:?})"
+                ),
+            ));
+        }
+        Ok(lm.labels)
     }
 
     fn read_one(&self, rel: &str, format: Format) -> Result<Image> {
@@ -727,9 +845,10 @@ impl Dataset {
             };
             if let Some(names) = self.store.list(labels_dir)? {
                 for n in names {
-                    let Some(id) = n.strip_suffix(self.info.file_ending.as_str()) else {
+                    let Some(stem) = n.strip_suffix(self.info.file_ending.as_str()) else {
                         continue;
                     };
+                    let id = split_rater(stem).map_or(stem, |(id, _)| id);
                     if !cases.iter().any(|c| c.id == id) {
                         return Err(IoError::Case {
                             case: id.to_string(),
@@ -755,6 +874,81 @@ fn split_channel(stem: &str) -> Option<(&str, usize)> {
     } else {
         None
     }
+}
+
+/// Splits `"CASE_rater12"` into `("CASE", 12)`; `N` is decimal without leading zeros.
+fn split_rater(stem: &str) -> Option<(&str, u32)> {
+    let (id, n) = stem.rsplit_once("_rater")?;
+    let canonical = !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && !n.starts_with('0');
+    if canonical && !id.is_empty() {
+        Some((id, n.parse().ok()?))
+    } else {
+        None
+    }
+}
+
+/// The rater files `(N, "labels_dir/ID_raterN" + ending)` of case `id` among the file
+/// names of the labels folder, sorted by `N`.
+fn rater_files(names: &[String], labels_dir: &str, id: &str, ending: &str) -> Vec<(u32, String)> {
+    let mut out: Vec<(u32, String)> = names
+        .iter()
+        .filter_map(|name| {
+            let stem = name.strip_suffix(ending)?;
+            let (case, n) = split_rater(stem)?;
+            (case == id).then(|| (n, format!("{labels_dir}/{name}")))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The per-voxel majority vote of the rater maps `(*spatial)`: the value most raters
+/// gave, ties → the lowest value (the argmax of the raters' mean one-hot map with ties →
+/// lower class).
+///
+/// ```
+/// use ndarray::{ArrayD, IxDyn};
+/// let r = |v: Vec<u32>| ArrayD::from_shape_vec(IxDyn(&[4]), v).unwrap();
+/// let vote = calseg_io::dataset::majority_vote(&[r(vec![0, 1, 2, 1]), r(vec![1, 1, 2, 2]), r(vec![0, 0, 1, 3])])?;
+/// // voxel 3: one vote each for 1, 2, 3 → the lowest, 1.
+/// assert_eq!(vote.into_raw_vec_and_offset().0, vec![0, 1, 2, 1]);
+/// # Ok::<(), calseg_io::IoError>(())
+/// ```
+///
+/// # Errors
+/// [`IoError::InvalidInput`] for no map, or maps of different shapes.
+pub fn majority_vote(raters: &[ArrayD<u32>]) -> Result<ArrayD<u32>> {
+    let bad = |reason: String| IoError::invalid(Path::new("rater label maps"), reason);
+    let first = raters
+        .first()
+        .ok_or_else(|| bad("no rater map to vote over".into()))?;
+    if let Some(r) = raters.iter().find(|r| r.shape() != first.shape()) {
+        return Err(bad(format!(
+            "rater maps of shapes {:?} and {:?}",
+            first.shape(),
+            r.shape()
+        )));
+    }
+    let mut iters: Vec<_> = raters.iter().map(|r| r.iter()).collect();
+    let mut votes: Vec<u32> = Vec::with_capacity(raters.len());
+    let mut out = Vec::with_capacity(first.len());
+    for _ in 0..first.len() {
+        votes.clear();
+        votes.extend(iters.iter_mut().filter_map(Iterator::next).copied());
+        votes.sort_unstable();
+        let (mut best, mut best_n, mut i) = (0, 0usize, 0);
+        while i < votes.len() {
+            let j = votes[i..].iter().take_while(|&&v| v == votes[i]).count();
+            // Strictly more votes wins; values ascend, so ties keep the lowest.
+            if j > best_n {
+                best = votes[i];
+                best_n = j;
+            }
+            i += j;
+        }
+        out.push(best);
+    }
+    ArrayD::from_shape_vec(first.raw_dim(), out).map_err(|e| bad(e.to_string()))
 }
 
 /// Affines agree within 1e-3 relative (or both absent).

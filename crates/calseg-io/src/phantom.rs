@@ -9,10 +9,17 @@
 //! smooth multiplicative bias field (as MRI has), plus Gaussian noise.
 //!
 //! Unlimited cases with known ground-truth soft labels, in 2D or 3D.
+//!
+//! **Several raters** ([`generate_raters`], [`write_rater_dataset`]): rater `r` draws
+//! class `c` as the level set of the same blob field at its own threshold
+//! `t_rc = ½·exp(u_rc)`, `u_rc ~ U(−spread, spread)`, evaluated at the voxel centres —
+//! every rater sees the same structures, and raters disagree at the boundaries, which
+//! move in or out by about a voxel per 0.3 of `spread` for blobs of radius ~5 voxels.
 
 use crate::dataset::Case;
 use crate::error::{IoError, Result};
 use crate::image::Geometry;
+use crate::nifti_io::{write_nifti, write_nifti_labels};
 use ndarray::{ArrayD, Axis, Dimension, IxDyn};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -71,9 +78,221 @@ impl Phantom {
             image: self.image.clone(),
             label: Some(self.labels.clone()),
             soft_label: Some(self.soft_labels.clone()),
+            raters: None,
             geometry: Geometry::unit(self.labels.ndim()),
         }
     }
+}
+
+/// What to generate for a multi-rater phantom.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RaterPhantomConfig {
+    /// The phantom (image, true soft labels).
+    pub phantom: PhantomConfig,
+    /// Number of raters `R` (at least 1).
+    pub raters: usize,
+    /// Spread `s` of the raters' thresholds: `t = ½·exp(u)`, `u ~ U(−s, s)` per rater
+    /// and class (0: every rater draws the phantom's own boundary; must be in `[0, 2]`).
+    pub spread: f64,
+}
+
+impl Default for RaterPhantomConfig {
+    /// The default phantom, 4 raters, spread 0.5.
+    fn default() -> Self {
+        RaterPhantomConfig {
+            phantom: PhantomConfig::default(),
+            raters: 4,
+            spread: 0.5,
+        }
+    }
+}
+
+/// A phantom with several raters' label maps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RaterPhantom {
+    /// The phantom itself (its `labels` are the truth at threshold ½, not a rater).
+    pub phantom: Phantom,
+    /// `R` label maps `(*spatial)`, one per rater.
+    pub raters: Vec<ArrayD<u32>>,
+}
+
+impl RaterPhantom {
+    /// As a dataset [`Case`] the way a multi-rater folder loads: `raters`, their
+    /// majority vote as `label`, the phantom's true soft labels as `soft_label`.
+    pub fn to_case(&self, id: &str) -> Case {
+        // Raters of one shape, at least one: the vote cannot fail.
+        let vote = crate::dataset::majority_vote(&self.raters)
+            .unwrap_or_else(|_| self.phantom.labels.clone());
+        Case {
+            id: id.to_string(),
+            image: self.phantom.image.clone(),
+            label: Some(vote),
+            soft_label: Some(self.phantom.soft_labels.clone()),
+            raters: Some(self.raters.clone()),
+            geometry: Geometry::unit(self.phantom.labels.ndim()),
+        }
+    }
+}
+
+/// Salt of the raters' random stream (kept apart from the phantom's own draws, so
+/// [`generate`] gives the same phantom with or without raters).
+const RATER_SALT: u64 = 0x5241_5445_5253; // "RATERS"
+
+/// Generates a phantom and `R` raters that disagree at its boundaries (see the module
+/// docs); the same `config` and `seed` always give the same result, and
+/// `result.phantom == generate(&config.phantom, seed)`.
+///
+/// ```
+/// use calseg_io::phantom::{RaterPhantomConfig, generate_raters};
+/// let rp = generate_raters(&RaterPhantomConfig::default(), 7)?;
+/// assert_eq!(rp.raters.len(), 4);
+/// assert_eq!(rp.raters[0].shape(), &[32, 32]);
+/// assert_ne!(rp.raters[0], rp.raters[1]); // they disagree somewhere
+/// # Ok::<(), calseg_io::IoError>(())
+/// ```
+///
+/// # Errors
+/// [`IoError::InvalidInput`] for an invalid phantom, no rater, or a spread outside `[0, 2]`.
+pub fn generate_raters(config: &RaterPhantomConfig, seed: u64) -> Result<RaterPhantom> {
+    if config.raters == 0 || !(0.0..=2.0).contains(&config.spread) {
+        return Err(IoError::invalid(
+            Path::new("rater phantom config"),
+            format!(
+                "need at least 1 rater and a spread in [0, 2], got {} and {}",
+                config.raters, config.spread
+            ),
+        ));
+    }
+    let phantom = generate(&config.phantom, seed)?;
+    let shape = &config.phantom.shape;
+    let k = config.phantom.classes;
+    // The phantom's first draws are its blobs: redraw them from the same seed.
+    let blobs = make_blobs(&mut StdRng::seed_from_u64(seed), shape, k);
+    let mut rng = StdRng::seed_from_u64(seed ^ RATER_SALT);
+    let spatial = ArrayD::<u8>::zeros(IxDyn(shape));
+    let mut raters = Vec::with_capacity(config.raters);
+    for _ in 0..config.raters {
+        let thresholds: Vec<f64> = (1..k)
+            .map(|_| {
+                let u = if config.spread > 0.0 {
+                    rng.random_range(-config.spread..=config.spread)
+                } else {
+                    0.0
+                };
+                0.5 * u.exp()
+            })
+            .collect();
+        let mut point = vec![0.0; shape.len()];
+        let map = spatial.indexed_iter().map(|(idx, _)| {
+            for (a, p) in point.iter_mut().enumerate() {
+                *p = idx[a] as f64;
+            }
+            class_of(&blobs, &point, |c| thresholds[c - 1]) as u32
+        });
+        let values: Vec<u32> = map.collect();
+        let map = ArrayD::from_shape_vec(IxDyn(shape), values)
+            .map_err(|e| IoError::invalid(Path::new("rater phantom"), e.to_string()))?;
+        raters.push(map);
+    }
+    Ok(RaterPhantom { phantom, raters })
+}
+
+/// A seeded multi-rater dataset folder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RaterDatasetConfig {
+    /// Phantom and raters of every case (3D shapes make volumes; 2D shapes images).
+    pub phantom: RaterPhantomConfig,
+    /// Training cases (`imagesTr`, `labelsTr`).
+    pub train: usize,
+    /// Test cases (`imagesTs`, `labelsTs`; 0: no test folders).
+    pub test: usize,
+}
+
+/// Writes a multi-rater dataset in the layout of [`crate::dataset`] under `root`:
+/// `dataset.json` (one channel `"synthetic"`, classes `background`, `class1`, …),
+/// `imagesTr/rp_{i:03}_0000.nii.gz`, `labelsTr/rp_{i:03}_rater{r}.nii.gz` for
+/// `r = 1..=R`, `softlabelsTr/rp_{i:03}.nii.gz` (the true partial-volume fractions; 3D
+/// phantoms only, NIfTI soft labels being `(x, y, z, K)`), and
+/// the same for the test cases in `imagesTs`/`labelsTs`/`softlabelsTs`. Case `i` (test
+/// cases numbered after the training cases) is [`generate_raters`] with seed `seed + i`;
+/// unit spacing, no affine.
+///
+/// ```
+/// use calseg_io::phantom::{RaterDatasetConfig, RaterPhantomConfig, write_rater_dataset};
+/// let dir = std::env::temp_dir().join(format!("calseg-raters-doc-{}", std::process::id()));
+/// let cfg = RaterDatasetConfig { phantom: RaterPhantomConfig::default(), train: 2, test: 1 };
+/// write_rater_dataset(&dir, &cfg, 0)?;
+/// let ds = calseg_io::Dataset::open(&dir)?;
+/// ds.check()?;
+/// let case = ds.load("rp_000")?;
+/// assert_eq!(case.raters.as_ref().map(Vec::len), Some(4));
+/// std::fs::remove_dir_all(&dir).ok();
+/// # Ok::<(), calseg_io::IoError>(())
+/// ```
+///
+/// # Errors
+/// As [`generate_raters`], and any failure to create a folder or write a file.
+pub fn write_rater_dataset(root: &Path, config: &RaterDatasetConfig, seed: u64) -> Result<()> {
+    let k = config.phantom.phantom.classes;
+    let mut labels = serde_json::Map::new();
+    labels.insert("background".into(), 0.into());
+    for c in 1..k {
+        labels.insert(format!("class{c}"), c.into());
+    }
+    let json = serde_json::json!({
+        "name": "RaterPhantom",
+        "description": "seeded multi-rater phantom (calseg_io::phantom::write_rater_dataset)",
+        "channel_names": {"0": "synthetic"},
+        "labels": labels,
+        "numTraining": config.train,
+        "file_ending": ".nii.gz",
+    });
+    let mk = |sub: &str| -> Result<()> {
+        let d = root.join(sub);
+        std::fs::create_dir_all(&d).map_err(|e| IoError::io(&d, "create", e))
+    };
+    let mut folders = vec![("imagesTr", "labelsTr", "softlabelsTr", 0, config.train)];
+    if config.test > 0 {
+        folders.push((
+            "imagesTs",
+            "labelsTs",
+            "softlabelsTs",
+            config.train,
+            config.test,
+        ));
+    }
+    let text =
+        serde_json::to_string_pretty(&json).map_err(|e| IoError::invalid(root, e.to_string()))?;
+    mk("")?;
+    crate::atomic::write_atomic(&root.join("dataset.json"), text.as_bytes())?;
+    for (images, labels, soft, first, n) in folders {
+        for sub in [images, labels] {
+            mk(sub)?;
+        }
+        if config.phantom.phantom.shape.len() == 3 {
+            mk(soft)?;
+        }
+        for i in first..first + n {
+            let rp = generate_raters(&config.phantom, seed + i as u64)?;
+            let geo = Geometry::unit(rp.phantom.labels.ndim());
+            let id = format!("rp_{i:03}");
+            let img = rp.phantom.image.index_axis(Axis(0), 0);
+            write_nifti(root.join(format!("{images}/{id}_0000.nii.gz")), &img, &geo)?;
+            for (r, map) in rp.raters.iter().enumerate() {
+                let path = root.join(format!("{labels}/{id}_rater{}.nii.gz", r + 1));
+                write_nifti_labels(path, map, &geo)?;
+            }
+            // NIfTI soft labels are (x, y, z, K): volumes only.
+            if rp.phantom.labels.ndim() == 3 {
+                crate::nifti_io::write_nifti_probs(
+                    root.join(format!("{soft}/{id}.nii.gz")),
+                    &rp.phantom.soft_labels,
+                    &geo,
+                )?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One Gaussian bump of a blob: centre and inverse-scale matrix (rows).
@@ -132,6 +351,74 @@ pub fn partial_volume(
     out
 }
 
+/// The random blobs of the foreground classes `1..k` (class 1 largest, later classes
+/// smaller and painted on top): the first draws of a phantom's generator.
+fn make_blobs(rng: &mut StdRng, shape: &[usize], k: usize) -> Vec<Vec<Bump>> {
+    let d = shape.len();
+    let extent: Vec<f64> = shape.iter().map(|&n| n as f64).collect();
+    let min_extent = extent.iter().copied().fold(f64::INFINITY, f64::min);
+    let mut blobs: Vec<Vec<Bump>> = Vec::with_capacity(k - 1);
+    for c in 1..k {
+        let scale = 0.32 - 0.18 * (c - 1) as f64 / (k - 1).max(1) as f64;
+        let n_bumps = 3;
+        let mut bumps = Vec::with_capacity(n_bumps);
+        for _ in 0..n_bumps {
+            let centre: Vec<f64> = extent
+                .iter()
+                .map(|&e| e * (0.5 + rng.random_range(-0.12..0.12)) - 0.5)
+                .collect();
+            // Random rotation-free anisotropic scale, then a random rotation in one plane.
+            let radii: Vec<f64> = (0..d)
+                .map(|_| min_extent * scale * rng.random_range(0.6..1.1))
+                .collect();
+            let theta: f64 = rng.random_range(0.0..std::f64::consts::PI);
+            let (sn, cs) = theta.sin_cos();
+            let mut inv = vec![vec![0.0; d]; d];
+            for (a, row) in inv.iter_mut().enumerate() {
+                row[a] = 1.0 / radii[a];
+            }
+            // Rotate axes 0 and 1: inv = diag(1/r) · R.
+            let (r0, r1) = (inv[0][0], inv[1][1]);
+            inv[0][0] = r0 * cs;
+            inv[0][1] = r0 * sn;
+            inv[1][0] = -r1 * sn;
+            inv[1][1] = r1 * cs;
+            bumps.push(Bump { centre, inv });
+        }
+        blobs.push(bumps);
+    }
+    blobs
+}
+
+/// `Σ_j exp(-|A_j (p - c_j)|²)` of one class's bumps at point `p`.
+fn field(bumps: &[Bump], p: &[f64]) -> f64 {
+    bumps
+        .iter()
+        .map(|b| {
+            let mut q = 0.0;
+            for row in &b.inv {
+                let mut v = 0.0;
+                for a in 0..p.len() {
+                    v += row[a] * (p[a] - b.centre[a]);
+                }
+                q += v * v;
+            }
+            (-q).exp()
+        })
+        .sum()
+}
+
+/// The class at point `p`: the last class whose field exceeds `threshold` (0.5 for the
+/// phantom itself; a rater's threshold moves every boundary in or out).
+fn class_of(blobs: &[Vec<Bump>], p: &[f64], threshold: impl Fn(usize) -> f64) -> usize {
+    for c in (1..=blobs.len()).rev() {
+        if field(&blobs[c - 1], p) > threshold(c) {
+            return c;
+        }
+    }
+    0
+}
+
 fn check(config: &PhantomConfig) -> Result<()> {
     let bad = |r: String| Err(IoError::invalid(Path::new("phantom config"), r));
     if !(2..=3).contains(&config.shape.len()) || config.shape.contains(&0) {
@@ -185,66 +472,9 @@ pub fn generate(config: &PhantomConfig, seed: u64) -> Result<Phantom> {
     check(config)?;
     let mut rng = StdRng::seed_from_u64(seed);
     let shape = &config.shape;
-    let d = shape.len();
     let k = config.classes;
-    let extent: Vec<f64> = shape.iter().map(|&n| n as f64).collect();
-    let min_extent = extent.iter().copied().fold(f64::INFINITY, f64::min);
-
-    // Blobs: class 1 largest, later classes smaller and painted on top.
-    let mut blobs: Vec<Vec<Bump>> = Vec::with_capacity(k - 1);
-    for c in 1..k {
-        let scale = 0.32 - 0.18 * (c - 1) as f64 / (k - 1).max(1) as f64;
-        let n_bumps = 3;
-        let mut bumps = Vec::with_capacity(n_bumps);
-        for _ in 0..n_bumps {
-            let centre: Vec<f64> = extent
-                .iter()
-                .map(|&e| e * (0.5 + rng.random_range(-0.12..0.12)) - 0.5)
-                .collect();
-            // Random rotation-free anisotropic scale, then a random rotation in one plane.
-            let radii: Vec<f64> = (0..d)
-                .map(|_| min_extent * scale * rng.random_range(0.6..1.1))
-                .collect();
-            let theta: f64 = rng.random_range(0.0..std::f64::consts::PI);
-            let (sn, cs) = theta.sin_cos();
-            let mut inv = vec![vec![0.0; d]; d];
-            for (a, row) in inv.iter_mut().enumerate() {
-                row[a] = 1.0 / radii[a];
-            }
-            // Rotate axes 0 and 1: inv = diag(1/r) · R.
-            let (r0, r1) = (inv[0][0], inv[1][1]);
-            inv[0][0] = r0 * cs;
-            inv[0][1] = r0 * sn;
-            inv[1][0] = -r1 * sn;
-            inv[1][1] = r1 * cs;
-            bumps.push(Bump { centre, inv });
-        }
-        blobs.push(bumps);
-    }
-    let field = |bumps: &[Bump], p: &[f64]| -> f64 {
-        bumps
-            .iter()
-            .map(|b| {
-                let mut q = 0.0;
-                for row in &b.inv {
-                    let mut v = 0.0;
-                    for a in 0..p.len() {
-                        v += row[a] * (p[a] - b.centre[a]);
-                    }
-                    q += v * v;
-                }
-                (-q).exp()
-            })
-            .sum()
-    };
-    let class_at = |p: &[f64]| -> usize {
-        for c in (1..k).rev() {
-            if field(&blobs[c - 1], p) > 0.5 {
-                return c;
-            }
-        }
-        0
-    };
+    let blobs = make_blobs(&mut rng, shape, k);
+    let class_at = |p: &[f64]| class_of(&blobs, p, |_| 0.5);
     let soft = partial_volume(shape, config.supersample, k, class_at);
 
     // Hard labels: argmax, ties → lower class.

@@ -128,7 +128,7 @@ fn bbox_slice<T: Clone>(a: &ArrayD<T>, bbox: &[Range<usize>], skip_first: bool) 
     .to_owned()
 }
 
-/// Crops a case (image, label, soft labels) to `bbox` (one range per spatial axis)
+/// Crops a case (image, label, soft labels, raters) to `bbox` (one range per spatial axis)
 /// and moves the affine's origin accordingly, so that the crop still overlays the
 /// original in world coordinates.
 pub fn crop(case: &Case, bbox: &[Range<usize>]) -> Result<Case> {
@@ -150,6 +150,10 @@ pub fn crop(case: &Case, bbox: &[Range<usize>]) -> Result<Case> {
         image: bbox_slice(&case.image, bbox, true),
         label: case.label.as_ref().map(|l| bbox_slice(l, bbox, false)),
         soft_label: case.soft_label.as_ref().map(|s| bbox_slice(s, bbox, true)),
+        raters: case
+            .raters
+            .as_ref()
+            .map(|rs| rs.iter().map(|r| bbox_slice(r, bbox, false)).collect()),
         geometry: case.geometry.cropped(&origin),
     })
 }
@@ -189,6 +193,11 @@ pub fn slice_case(case: &Case, axis: usize, index: usize) -> Result<Case> {
             .soft_label
             .as_ref()
             .map(|s| s.index_axis(Axis(axis + 1), index).to_owned()),
+        raters: case.raters.as_ref().map(|rs| {
+            rs.iter()
+                .map(|r| r.index_axis(Axis(axis), index).to_owned())
+                .collect()
+        }),
         geometry: case.geometry.without_axis(axis),
     })
 }
@@ -376,6 +385,7 @@ mod tests {
             image,
             label: Some(label),
             soft_label: None,
+            raters: None,
             geometry: Geometry::with_affine(
                 vec![1.0, 2.0],
                 [

@@ -70,6 +70,10 @@
 //! [`ece`] and [`classwise`] (formulas), [`scores`] (Brier, NLL precision), [`overlap`]
 //! (Dice/IoU), [`evaluator`] (micro and macro aggregation).
 //!
+//! **Several raters** ([`raters`]): ECE, Brier and NLL against the rater distribution
+//! (soft targets), per-rater Dice and the generalised energy distance (GED) of the
+//! multi-rater literature (LIDC-IDRI, QUBIQ).
+//!
 //! ## Dependencies
 //! - `ndarray`: the n-d arrays and views every input comes as (the de-facto standard in
 //!   Rust, zero-copy views of any layout).
@@ -100,6 +104,7 @@ pub mod overlap;
 #[cfg(feature = "plot")]
 #[cfg_attr(docsrs, doc(cfg(feature = "plot")))]
 pub mod plot;
+pub mod raters;
 pub mod reliability;
 pub mod scores;
 pub mod scoring;

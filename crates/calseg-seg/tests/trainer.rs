@@ -226,6 +226,55 @@ fn bad_targets_are_clear_errors() {
 }
 
 #[test]
+fn rater_targets_are_the_mean_of_the_raters_one_hot_maps() {
+    use calseg_io::phantom::{RaterPhantomConfig, generate_raters};
+    let rp = generate_raters(
+        &RaterPhantomConfig {
+            phantom: PhantomConfig {
+                shape: vec![16, 14, 4],
+                classes: 3,
+                supersample: 2,
+                ..Default::default()
+            },
+            raters: 3,
+            spread: 0.6,
+        },
+        5,
+    )
+    .unwrap();
+    let case = rp.to_case("rp5");
+    let set = TrainSet::build(
+        std::slice::from_ref(&case),
+        &slice_opts(TargetSource::Raters),
+    )
+    .unwrap();
+    let raters = case.raters.as_ref().unwrap();
+    let mut soft = 0;
+    for (z, sample) in set.samples().iter().enumerate() {
+        for x in 0..16 {
+            for y in 0..14 {
+                for k in 0..3u32 {
+                    let votes = raters.iter().filter(|r| r[[x, y, z]] == k).count();
+                    let want = votes as f32 / 3.0;
+                    let got = sample.target[[k as usize, x, y]];
+                    assert!((got - want).abs() < 1e-6, "({x},{y},{z}) class {k}");
+                    soft += usize::from(votes == 1 || votes == 2);
+                }
+                // Hard labels: the majority vote.
+                assert_eq!(
+                    sample.labels[[x, y]],
+                    case.label.as_ref().unwrap()[[x, y, z]]
+                );
+            }
+        }
+    }
+    assert!(soft > 0, "the raters never disagree");
+    // A case without raters is a clear error.
+    let e = TrainSet::build(&[volume(1)], &slice_opts(TargetSource::Raters)).unwrap_err();
+    assert!(e.to_string().contains("no raters"), "{e}");
+}
+
+#[test]
 fn sampler_is_seeded_and_flips_image_and_labels_together() {
     // A sample whose image equals its labels shows whether flips stay aligned.
     let labels = ArrayD::from_shape_fn(IxDyn(&[4, 4]), |i| ((i[0] * 4 + i[1]) % 3) as u32);

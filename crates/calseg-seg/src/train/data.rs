@@ -8,8 +8,8 @@
 //!
 //! ## Preparation, per case (before slicing or cutting patches)
 //! 1. **Target** ([`TargetSource`]): one-hot of the label map, the case's own soft
-//!    labels (`case.soft_label`), or `DIR/CASE.safetensors` with a tensor `soft_labels`
-//!    `(K, *sp)` f32. Hard labels come from the label map, or are the argmax of the soft
+//!    labels (`case.soft_label`), `DIR/CASE.safetensors` with a tensor `soft_labels`
+//!    `(K, *sp)` f32, or the mean of the raters' one-hot maps (`case.raters`). Hard labels come from the label map, or are the argmax of the soft
 //!    target (ties → lower class) when the case has none.
 //! 2. **Normalisation**: z-score per channel over the voxels where any channel is
 //!    nonzero, zero outside ([`calseg_io::preprocess::zscore_nonzero`], nnU-Net's choice
@@ -63,6 +63,10 @@ pub enum TargetSource {
     /// `DIR/CASE.safetensors` holding a tensor `soft_labels` `(K, *sp)` f32 (e.g. `Y_s`
     /// exported by the variational label smoother).
     Dir(PathBuf),
+    /// The rater distribution of a multi-rater case (`case.raters`, required): the
+    /// per-voxel mean of the raters' one-hot maps, `q_k = (1/R) Σ_r [Y_r == k]`
+    /// ([`calseg_metrics::raters::rater_distribution`]).
+    Raters,
 }
 
 /// How cases become samples.
@@ -228,6 +232,19 @@ fn prepare(case: &Case, opts: &SetOptions) -> Result<Case> {
             check(&t, &|| path.display().to_string())?;
             t
         }
+        TargetSource::Raters => {
+            let raters = case.raters.as_ref().ok_or_else(|| {
+                SegError::Config(format!(
+                    "case {} has no raters (labelsTr/CASE_rater1…) for rater targets",
+                    case.id
+                ))
+            })?;
+            let views: Vec<_> = raters.iter().map(|r| r.view()).collect();
+            let t = calseg_metrics::raters::rater_distribution(&views, k)
+                .map_err(|e| SegError::Config(format!("case {}: rater targets: {e}", case.id)))?;
+            check(&t, &|| format!("case {} (raters)", case.id))?;
+            t
+        }
     };
     if target.iter().any(|v| !v.is_finite()) {
         return Err(SegError::Config(format!(
@@ -246,6 +263,7 @@ fn prepare(case: &Case, opts: &SetOptions) -> Result<Case> {
         image,
         label: Some(labels),
         soft_label: Some(target),
+        raters: None,
         geometry: case.geometry.clone(),
     })
 }
