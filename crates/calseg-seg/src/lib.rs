@@ -53,7 +53,9 @@
 //!   `VarMap` (parameters + safetensors I/O), the `Optimizer` trait and the stock ops.
 //! - `gemm`: the matrix-multiply micro-kernels candle itself uses (runtime CPU feature
 //!   detection: AVX2/FMA/AVX-512), called directly on L2-sized im2col tiles,
-//!   single-threaded per tile.
+//!   single-threaded per tile. gemm compiles its AVX-512 kernels only with its `x86-v4`
+//!   feature, which candle leaves off; this crate's default `avx512` feature turns it on
+//!   (the choice of kernel stays a run-time one).
 //! - `rayon`: the parallelism over (image, tile) tasks, norm groups and optimiser chunks.
 //! - `rand` / `rand_distr`: seeded initialisation and random inputs.
 //! - `serde` / `serde_json`: configurations and benchmark reports as JSON.
