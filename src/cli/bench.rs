@@ -80,7 +80,7 @@ impl StepArgs {
         if self.depth == 0 || self.depth > 8 {
             return bad(format!("--depth must be in 1..=8, got {}", self.depth));
         }
-        if self.size == 0 || self.size % (1 << self.depth) != 0 {
+        if self.size == 0 || !self.size.is_multiple_of(1 << self.depth) {
             return bad(format!(
                 "--size {} must be a positive multiple of 2^depth = {}",
                 self.size,

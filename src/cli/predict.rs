@@ -134,12 +134,12 @@ pub(crate) fn load_model(dir: &Path, device: &candle_core::Device) -> Result<Seg
 
 /// Runs `calseg predict`.
 pub fn run(args: PredictArgs) -> CliResult {
-    if let Some(t) = args.temperature {
-        if !(t.is_finite() && t > 0.0) {
-            return Err(bad(format!(
-                "--temperature must be finite and positive, got {t}"
-            )));
-        }
+    if let Some(t) = args.temperature
+        && !(t.is_finite() && t > 0.0)
+    {
+        return Err(bad(format!(
+            "--temperature must be finite and positive, got {t}"
+        )));
     }
     if args.batch_size == 0 {
         return Err(bad("--batch-size must be positive"));

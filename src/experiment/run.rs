@@ -307,15 +307,14 @@ impl<'a> Experiment<'a> {
         let split = serde_json::to_value(&parts.plan).unwrap_or(Value::Null);
         let mut json =
             report::results_json(&summaries, config.clone(), split.clone(), quality.clone())?;
-        if let (Some(shift), Value::Object(doc)) = (&self.cfg.eval.shift, &mut json) {
-            if !shifted.is_empty() {
-                let methods =
-                    report::results_json(&shifted, Value::Null, Value::Null, Value::Null)?;
-                doc.insert(
-                    "shifted".into(),
-                    json!({"shift": shift, "seed": SHIFT_SEED, "methods": methods["methods"]}),
-                );
-            }
+        if let (Some(shift), Value::Object(doc)) = (&self.cfg.eval.shift, &mut json)
+            && !shifted.is_empty()
+        {
+            let methods = report::results_json(&shifted, Value::Null, Value::Null, Value::Null)?;
+            doc.insert(
+                "shifted".into(),
+                json!({"shift": shift, "seed": SHIFT_SEED, "methods": methods["methods"]}),
+            );
         }
         self.write_json(&self.out.join("results.json"), &json)?;
         let budget = json!({
@@ -401,15 +400,15 @@ impl<'a> Experiment<'a> {
                 .zip(parts)
                 .map(|(c, part)| {
                     let m = self.masks.for_part(part)?;
-                    if let (Some(m), Some(l)) = (&m, &c.label) {
-                        if m.shape() != l.shape() {
-                            return Err(Error::Input(format!(
-                                "evaluation mask of shape {:?} does not match case {} of shape {:?}",
-                                m.shape(),
-                                c.id,
-                                l.shape()
-                            )));
-                        }
+                    if let (Some(m), Some(l)) = (&m, &c.label)
+                        && m.shape() != l.shape()
+                    {
+                        return Err(Error::Input(format!(
+                            "evaluation mask of shape {:?} does not match case {} of shape {:?}",
+                            m.shape(),
+                            c.id,
+                            l.shape()
+                        )));
                     }
                     Ok(m)
                 })

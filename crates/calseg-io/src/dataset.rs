@@ -625,17 +625,17 @@ impl Dataset {
                 geo.spacing.truncate(spatial_nd.min(3));
                 geometry = Some(geo);
             } else {
-                if let Some(first) = channels.first() {
-                    if first.shape() != values.shape() {
-                        return Err(case_err(
-                            path,
-                            format!(
-                                "channel {c} has shape {:?}, channel 0 has {:?}",
-                                values.shape(),
-                                first.shape()
-                            ),
-                        ));
-                    }
+                if let Some(first) = channels.first()
+                    && first.shape() != values.shape()
+                {
+                    return Err(case_err(
+                        path,
+                        format!(
+                            "channel {c} has shape {:?}, channel 0 has {:?}",
+                            values.shape(),
+                            first.shape()
+                        ),
+                    ));
                 }
                 if let Some(g) = &geometry {
                     if !affines_agree(&g.affine, &geo.affine) {

@@ -221,10 +221,10 @@ impl Image {
 pub fn read_image(path: impl AsRef<Path>) -> Result<Image> {
     let path = path.as_ref();
     let mut images = read_images(path)?;
-    if images.len() == 1 {
-        if let Some(img) = images.pop() {
-            return Ok(img);
-        }
+    if images.len() == 1
+        && let Some(img) = images.pop()
+    {
+        return Ok(img);
     }
     Err(IoError::TensorChoice {
         path: path.to_path_buf(),
@@ -378,10 +378,10 @@ fn pick_tensor(images: &mut Vec<Image>, wanted: &str, path: &Path) -> Result<Ima
     {
         return Ok(images.swap_remove(i));
     }
-    if images.len() == 1 {
-        if let Some(im) = images.pop() {
-            return Ok(im);
-        }
+    if images.len() == 1
+        && let Some(im) = images.pop()
+    {
+        return Ok(im);
     }
     Err(IoError::TensorChoice {
         path: path.to_path_buf(),

@@ -445,14 +445,14 @@ fn check(config: &PhantomConfig) -> Result<()> {
             config.bias_strength
         ));
     }
-    if let Some(mu) = &config.intensities {
-        if mu.len() != config.classes {
-            return bad(format!(
-                "{} intensities given for {} classes",
-                mu.len(),
-                config.classes
-            ));
-        }
+    if let Some(mu) = &config.intensities
+        && mu.len() != config.classes
+    {
+        return bad(format!(
+            "{} intensities given for {} classes",
+            mu.len(),
+            config.classes
+        ));
     }
     Ok(())
 }

@@ -269,22 +269,19 @@ impl PatchSampler {
             .collect();
         let mut forced = false;
         let mut origin: Option<Vec<isize>> = None;
-        if let Some(label) = &case.label {
-            if self.rng.random_bool(self.foreground_fraction) {
-                if let Some(center) = self.random_foreground_voxel(label) {
-                    forced = true;
-                    origin = Some(
-                        center
-                            .iter()
-                            .zip(&self.patch)
-                            .zip(&ranges)
-                            .map(|((&c, &p), &(lo, hi))| {
-                                (c as isize - (p / 2) as isize).clamp(lo, hi)
-                            })
-                            .collect(),
-                    );
-                }
-            }
+        if let Some(label) = &case.label
+            && self.rng.random_bool(self.foreground_fraction)
+            && let Some(center) = self.random_foreground_voxel(label)
+        {
+            forced = true;
+            origin = Some(
+                center
+                    .iter()
+                    .zip(&self.patch)
+                    .zip(&ranges)
+                    .map(|((&c, &p), &(lo, hi))| (c as isize - (p / 2) as isize).clamp(lo, hi))
+                    .collect(),
+            );
         }
         let origin = match origin {
             Some(o) => o,

@@ -41,7 +41,7 @@ fn npy_every_type_and_layout() {
     rt!(i32, |n: usize| n as i32 - 12);
     rt!(u64, |n: usize| n as u64 * (1 << 40));
     rt!(i64, |n: usize| n as i64 - (1 << 40));
-    rt!(bool, |n: usize| n % 3 == 0);
+    rt!(bool, |n: usize| n.is_multiple_of(3));
     // Fortran-ordered source array in memory: written C order, same values.
     let f = Array2::from_shape_vec((3, 2).f(), vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
     write_npy(d.join("f.npy"), &f).unwrap();

@@ -255,12 +255,12 @@ impl MetricConfig {
                 self.n_bins
             )));
         }
-        if let InputMode::Probabilities { tol } = self.input {
-            if !(tol.is_finite() && tol >= 0.0) {
-                return Err(MetricsError::InvalidConfig(format!(
-                    "probability-sum tolerance must be finite and >= 0, got {tol}"
-                )));
-            }
+        if let InputMode::Probabilities { tol } = self.input
+            && !(tol.is_finite() && tol >= 0.0)
+        {
+            return Err(MetricsError::InvalidConfig(format!(
+                "probability-sum tolerance must be finite and >= 0, got {tol}"
+            )));
         }
         if !(self.nll_floor >= 1e-18 && self.nll_floor <= 1.0) {
             return Err(MetricsError::InvalidConfig(format!(

@@ -227,14 +227,14 @@ impl SoftCalibration {
                 got: k,
             });
         }
-        if let Some(m) = &mask {
-            if m.shape() != &p.shape()[1..] {
-                return Err(MetricsError::ShapeMismatch {
-                    what: "mask",
-                    expected: p.shape()[1..].to_vec(),
-                    got: m.shape().to_vec(),
-                });
-            }
+        if let Some(m) = &mask
+            && m.shape() != &p.shape()[1..]
+        {
+            return Err(MetricsError::ShapeMismatch {
+                what: "mask",
+                expected: p.shape()[1..].to_vec(),
+                got: m.shape().to_vec(),
+            });
         }
         for a in [&p, &q] {
             if let Some((idx, &v)) = a
@@ -313,13 +313,13 @@ impl SoftCalibration {
                 theirs: format!("{:?}", other.config),
             });
         }
-        if let (Some(a), Some(b)) = (self.classes, other.classes) {
-            if a != b {
-                return Err(MetricsError::ClassCountMismatch {
-                    expected: a,
-                    got: b,
-                });
-            }
+        if let (Some(a), Some(b)) = (self.classes, other.classes)
+            && a != b
+        {
+            return Err(MetricsError::ClassCountMismatch {
+                expected: a,
+                got: b,
+            });
         }
         self.classes = self.classes.or(other.classes);
         self.n += other.n;

@@ -126,10 +126,10 @@ impl NetRecipe {
         seed: u64,
         dir: Option<&Path>,
     ) -> Result<FittedNet> {
-        if let Some(d) = dir {
-            if let Some(done) = Self::load_finished(d)? {
-                return Ok(done);
-            }
+        if let Some(d) = dir
+            && let Some(done) = Self::load_finished(d)?
+        {
+            return Ok(done);
         }
         let loss = self.loss.build_arc()?;
         let train_set = TrainSet::build(train, &self.set_options(targets))?;

@@ -420,10 +420,10 @@ impl Calseg {
         if !self.cfg.calibrate || val.is_empty() {
             return Ok(None);
         }
-        if let Some(d) = dir {
-            if let Some(c) = Calibration::load(d)? {
-                return Ok(Some(c));
-            }
+        if let Some(d) = dir
+            && let Some(c) = Calibration::load(d)?
+        {
+            return Ok(Some(c));
         }
         let cases: Vec<Case> = val.iter().map(|v| v.case.clone()).collect();
         let c = calibrate_temperature(smoother, &cases, &self.cfg.smooth_config(seed))?;

@@ -77,13 +77,13 @@ pub(super) fn run_dataset(args: &EvalArgs, data: &Path, predictions: &Path) -> C
             predictions.display()
         )));
     }
-    if let Some(m) = &args.mask {
-        if !m.is_dir() {
-            return Err(bad(format!(
-                "--mask {}: in dataset mode, a folder with one mask per case",
-                m.display()
-            )));
-        }
+    if let Some(m) = &args.mask
+        && !m.is_dir()
+    {
+        return Err(bad(format!(
+            "--mask {}: in dataset mode, a folder with one mask per case",
+            m.display()
+        )));
     }
     let ds = Dataset::open(data).map_err(io_bad)?;
     let split = args.split.unwrap_or_else(|| default_split(&ds, data));

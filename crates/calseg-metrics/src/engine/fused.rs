@@ -247,14 +247,12 @@ impl<'p, T: Probability, C: Fn(usize) -> &'p [T]> Monomorphic for FusedRun<'_, '
         let mut bad = false;
         let mut done = false;
         #[cfg(target_arch = "x86_64")]
-        if simd {
-            if let Some(kernel) = crate::simd::Kernel::new(fz, out) {
-                let ch32 = |c: usize| T::as_f32_slice(chan(c)).unwrap_or(&[]);
-                // SAFETY: `simd` is only set when `simd_enabled()` found AVX2 and popcnt on
-                // this CPU at run time, the features `Kernel::run` is compiled for.
-                bad |= unsafe { kernel.run::<SC, MASKED, TOP, CW>(&ch32, k, groups) };
-                done = true;
-            }
+        if simd && let Some(kernel) = crate::simd::Kernel::new(fz, out) {
+            let ch32 = |c: usize| T::as_f32_slice(chan(c)).unwrap_or(&[]);
+            // SAFETY: `simd` is only set when `simd_enabled()` found AVX2 and popcnt on
+            // this CPU at run time, the features `Kernel::run` is compiled for.
+            bad |= unsafe { kernel.run::<SC, MASKED, TOP, CW>(&ch32, k, groups) };
+            done = true;
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = simd;

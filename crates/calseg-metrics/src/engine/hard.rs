@@ -48,10 +48,10 @@ fn count_overlap_runs(cls: &[u32], pr: &[u32], st: &mut State) {
         if let Some(p) = st.pred_count.get_mut(q) {
             *p += run;
         }
-        if y == q {
-            if let Some(t) = st.tp.get_mut(y) {
-                *t += run;
-            }
+        if y == q
+            && let Some(t) = st.tp.get_mut(y)
+        {
+            *t += run;
         }
     };
     let mut pairs = cls.iter().copied().zip(pr.iter().copied());

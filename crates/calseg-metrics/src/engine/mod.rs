@@ -106,20 +106,20 @@ impl Engine {
     }
 
     fn check_k(&self, k: usize) -> Result<(), MetricsError> {
-        if let Some(s) = &self.state {
-            if s.k != k {
-                return Err(MetricsError::ClassCountMismatch {
-                    expected: s.k,
-                    got: k,
-                });
-            }
+        if let Some(s) = &self.state
+            && s.k != k
+        {
+            return Err(MetricsError::ClassCountMismatch {
+                expected: s.k,
+                got: k,
+            });
         }
-        if let Some(b) = self.config.background {
-            if b >= k {
-                return Err(MetricsError::InvalidConfig(format!(
-                    "background class {b} is not smaller than the number of classes {k}"
-                )));
-            }
+        if let Some(b) = self.config.background
+            && b >= k
+        {
+            return Err(MetricsError::InvalidConfig(format!(
+                "background class {b} is not smaller than the number of classes {k}"
+            )));
         }
         Ok(())
     }

@@ -161,7 +161,7 @@ pub(crate) fn filter_separable(data: &mut [f64], spatial: &[usize], taps: &[f64]
 
 /// Validates a spatial kernel size (odd, ≥ 1) for error messages of the configuration.
 pub(crate) fn check_kernel(what: &str, kernel: usize) -> crate::Result<()> {
-    if kernel == 0 || kernel % 2 == 0 {
+    if kernel == 0 || kernel.is_multiple_of(2) {
         return Err(crate::SegError::Config(format!(
             "{what}: kernel size must be odd and ≥ 1, got {kernel}"
         )));

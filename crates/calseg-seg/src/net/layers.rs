@@ -291,7 +291,10 @@ impl NormRelu {
             }
             NormKind::Instance => c,
             NormKind::Group(0) => return Err(SegError::Config("group norm with 0 groups".into())),
-            NormKind::Group(g) => (1..=g.min(c)).rev().find(|d| c % d == 0).unwrap_or(1),
+            NormKind::Group(g) => (1..=g.min(c))
+                .rev()
+                .find(|d| c.is_multiple_of(*d))
+                .unwrap_or(1),
         };
         let w = init.constant(&format!("{prefix}.weight"), &[c], 1.0)?;
         let b = init.constant(&format!("{prefix}.bias"), &[c], 0.0)?;

@@ -47,7 +47,7 @@ impl Dims {
             bail!("group norm: expected (n, c, …), got {d:?}");
         }
         let c = d[1];
-        if groups == 0 || c % groups != 0 {
+        if groups == 0 || !c.is_multiple_of(groups) {
             bail!("group norm: {c} channels cannot be split into {groups} groups");
         }
         Ok(Self {

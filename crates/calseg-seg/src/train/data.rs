@@ -354,16 +354,16 @@ impl TrainSet {
                 // A 2D case is its own single slice.
                 Layout::Slices { skip_empty, .. } if nsp == 2 => {
                     dims = 2;
-                    if let (Some(labels), Some(target)) = (p.label, p.soft_label) {
-                        if !(*skip_empty && labels.iter().all(|&l| l == 0)) {
-                            samples.push(Sample {
-                                id: p.id,
-                                size: spatial(&p.image).to_vec(),
-                                image: p.image,
-                                target,
-                                labels,
-                            });
-                        }
+                    if let (Some(labels), Some(target)) = (p.label, p.soft_label)
+                        && !(*skip_empty && labels.iter().all(|&l| l == 0))
+                    {
+                        samples.push(Sample {
+                            id: p.id,
+                            size: spatial(&p.image).to_vec(),
+                            image: p.image,
+                            target,
+                            labels,
+                        });
                     }
                 }
                 Layout::Slices {

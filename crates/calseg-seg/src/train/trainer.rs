@@ -385,17 +385,18 @@ impl Trainer {
             if let Some(lp) = &log_path {
                 append_log(lp, &entry)?;
             }
-            if let Some(p) = &ckpt_path {
-                if cfg.checkpoint_every > 0 && ((epoch + 1) % cfg.checkpoint_every == 0 || last) {
-                    let st = CheckpointState {
-                        epoch: epoch + 1,
-                        step,
-                        adam_t: opt.step_count(),
-                        config: cfg.clone(),
-                    };
-                    write_checkpoint(p, &named, &opt, &st)?;
-                    last_ckpt = Some(p.clone());
-                }
+            if let Some(p) = &ckpt_path
+                && cfg.checkpoint_every > 0
+                && ((epoch + 1) % cfg.checkpoint_every == 0 || last)
+            {
+                let st = CheckpointState {
+                    epoch: epoch + 1,
+                    step,
+                    adam_t: opt.step_count(),
+                    config: cfg.clone(),
+                };
+                write_checkpoint(p, &named, &opt, &st)?;
+                last_ckpt = Some(p.clone());
             }
             logs_out.push(entry);
         }
