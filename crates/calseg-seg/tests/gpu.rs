@@ -26,36 +26,17 @@ fn gpu() -> Option<Device> {
     }
 }
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    let a = a
-        .to_device(&Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap();
-    let b = b
-        .to_device(&Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap();
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f64>()
+fn max_abs(a: &Tensor) -> f64 {
+    a.to_device(&Device::Cpu)
+        .and_then(|t| t.to_dtype(DType::F64))
+        .and_then(|t| t.abs())
+        .and_then(|t| t.max_all())
+        .and_then(|t| t.to_scalar::<f64>())
         .unwrap()
 }
 
-fn max_abs(a: &Tensor) -> f64 {
-    a.to_dtype(DType::F64)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    max_abs(&(a.to_device(&Device::Cpu).unwrap() - b.to_device(&Device::Cpu).unwrap()).unwrap())
 }
 
 /// Runs `f` on `inputs` on the CPU and on `dev`; compares the output and the gradient of
