@@ -506,6 +506,7 @@ impl<'a> Experiment<'a> {
             dice_tolerance: c.dice_tolerance,
             calibrate: c.calibrate,
             bins: self.cfg.eval.bins,
+            crossfit: c.crossfit,
         }
     }
 
@@ -618,6 +619,13 @@ impl<'a> Experiment<'a> {
     fn calseg(&self, p: &Parts, seed: u64, dir: &Path) -> Result<CalsegRun> {
         let method = Calseg::new(self.calseg_config(p))?;
         let val = p.val_cases();
+        if self.cfg.calseg.crossfit >= 2 {
+            self.progress.stage(&format!(
+                "seed {seed}: {} cross-fitted smoothers, soft labels (m = {}), one net per (alpha, tau)",
+                self.cfg.calseg.crossfit, self.cfg.calseg.samples
+            ));
+            return Ok(method.run(&p.train, &val, seed, Some(dir))?);
+        }
         let vdir = dir.join("vls");
         self.progress
             .stage(&if vdir.join(calseg_vls::CONFIG_FILE).exists() {

@@ -74,6 +74,7 @@
 //! - `thiserror`: the typed [`VlsError`].
 //! - `tracing`: a debug event per smoothed case.
 
+pub mod crossfit;
 pub mod error;
 pub mod loss;
 pub mod mix;

@@ -40,9 +40,10 @@
 use crate::error::{Result, VlsError};
 use crate::mix;
 use crate::model::{CONFIG_FILE, VlsConfig, VlsModel};
+use crate::crossfit;
 use crate::smooth::{
-    Calibration, LatentSource, SmoothConfig, SoftLabels, calibrate_temperature, noise_target,
-    smooth_case,
+    Calibration, CalibrationItem, LatentSource, SmoothConfig, SoftLabels, calibrate_maps,
+    calibrate_temperature, noise_target, smooth_case,
 };
 use calseg_io::{Case, NamedTensor, write_safetensors};
 use calseg_metrics::{MetricConfig, Region, ScoreSpec};
@@ -89,6 +90,10 @@ pub struct CalsegConfig {
     pub dice_tolerance: f64,
     /// Equal-width bins of the validation ECE.
     pub bins: usize,
+    /// Folds of cross-fitting (`0`: off, one smoother smooths the data it trained on;
+    /// `k ≥ 2`: [`crate::crossfit`] — `k` smoothers, each training case smoothed by one
+    /// that did not see it, and τ calibrated on those out-of-sample maps).
+    pub crossfit: usize,
 }
 
 /// The training budget every CALSeg stage uses by default: 40 epochs of 8 samples,
@@ -142,6 +147,7 @@ impl Default for CalsegConfig {
             },
             dice_tolerance: 0.02,
             bins: calseg_metrics::edges::DEFAULT_BINS,
+            crossfit: 0,
         }
     }
 }
@@ -223,6 +229,11 @@ impl CalsegConfig {
                 "dice_tolerance must be finite and ≥ 0, got {}",
                 self.dice_tolerance
             )));
+        }
+        if self.crossfit == 1 {
+            return Err(VlsError::Config(
+                "crossfit must be 0 (off) or a number of folds ≥ 2, got 1".into(),
+            ));
         }
         if self.bins == 0 || self.smoother_train.batch_size == 0 {
             return Err(VlsError::Config(
@@ -307,6 +318,8 @@ pub struct CalsegRun {
     pub targets: Vec<ndarray::ArrayD<f32>>,
     /// The calibrated segmentation net (trained on the chosen `Y_s`).
     pub net: FittedNet,
+    /// Cross-fitting folds (`0`: one smoother on all training data).
+    pub folds: usize,
 }
 
 impl CalsegRun {
@@ -349,9 +362,143 @@ impl Calseg {
         seed: u64,
         dir: Option<&Path>,
     ) -> Result<CalsegRun> {
+        if self.cfg.crossfit >= 2 {
+            return self.run_crossfit(train, val, seed, dir);
+        }
         let smoother =
             self.train_smoother(train, val, seed, dir.map(|d| d.join("vls")).as_deref())?;
         self.run_from_smoother(smoother, train, val, seed, dir)
+    }
+
+    /// Every stage with cross-fitted soft labels ([`crate::crossfit`],
+    /// [`CalsegConfig::crossfit`] folds): one smoother per fold (seed `seed + f`, stored in
+    /// `dir/vls/fold{f}`), each training case (or slab) smoothed by the smoother that did
+    /// not train on it, τ calibrated on those out-of-sample maps of the training cases
+    /// against their hard labels ([`calibrate_maps`]; `dir/vls/calibration.json`), then
+    /// the sweep and the final net as in [`run`](Self::run). The returned
+    /// [`CalsegRun::smoother`] is fold 0's, with the seconds of all folds.
+    ///
+    /// # Errors
+    /// As [`run`](Self::run); [`VlsError::Config`] when the folds cannot be cut
+    /// ([`crate::crossfit::plan`]).
+    pub fn run_crossfit(
+        &self,
+        train: &[Case],
+        val: &[EvalCase<'_>],
+        seed: u64,
+        dir: Option<&Path>,
+    ) -> Result<CalsegRun> {
+        let k = self.cfg.crossfit.max(2);
+        let axis = self.fold_axis(train);
+        let folds = crossfit::plan(train, k, axis)?;
+        let mut smoothers = Vec::with_capacity(k);
+        for (f, fold) in folds.iter().enumerate() {
+            let d = dir.map(|d| d.join("vls").join(format!("fold{f}")));
+            smoothers.push(self.train_smoother(
+                &fold.train,
+                val,
+                seed.wrapping_add(f as u64),
+                d.as_deref(),
+            )?);
+        }
+        let soft_labels = self.crossfit_soft_labels(&smoothers, &folds, train, seed, axis)?;
+        let seconds: f64 = smoothers.iter().map(|s| s.seconds).sum();
+        let mut first = smoothers.swap_remove(0);
+        first.seconds = seconds;
+        let calibration = if self.cfg.calibrate {
+            let cdir = dir.map(|d| d.join("vls"));
+            match cdir.as_deref().map(Calibration::load).transpose()?.flatten() {
+                Some(c) => Some(c),
+                None => {
+                    let items = train
+                        .iter()
+                        .zip(&soft_labels)
+                        .map(|(c, s)| {
+                            Ok(CalibrationItem {
+                                y_s: &s.y_s,
+                                labels: c.label.as_ref().ok_or_else(|| {
+                                    VlsError::Config(format!("case {:?} has no labels", c.id))
+                                })?,
+                                image: &c.image,
+                            })
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    let c = calibrate_maps(&first.model, &items, self.cfg.samples)?;
+                    if let Some(d) = cdir.as_deref() {
+                        c.save(d)?;
+                    }
+                    Some(c)
+                }
+            }
+        } else {
+            None
+        };
+        let mut run = self.finish(first, soft_labels, calibration, train, val, seed, dir)?;
+        run.folds = k;
+        Ok(run)
+    }
+
+    /// The axis along which one case is cut into cross-fitting slabs: the slicing axis
+    /// of a 2D layout, else the last spatial axis.
+    fn fold_axis(&self, train: &[Case]) -> usize {
+        match &self.cfg.net.layout {
+            calseg_seg::train::Layout::Slices { axis: Some(a), .. } => *a,
+            _ => train
+                .first()
+                .map_or(0, |c| c.image.ndim().saturating_sub(2)),
+        }
+    }
+
+    /// `y_s` of every training case, each held-out region from its fold's smoother.
+    fn crossfit_soft_labels(
+        &self,
+        smoothers: &[TrainedSmoother],
+        folds: &[crossfit::Fold],
+        train: &[Case],
+        seed: u64,
+        axis: usize,
+    ) -> Result<Vec<SoftLabels>> {
+        let sc = self.cfg.smooth_config(seed);
+        let mut out = Vec::with_capacity(train.len());
+        for (i, case) in train.iter().enumerate() {
+            let start = Instant::now();
+            let (mut y_s, mut variance, mut weight): (Option<ndarray::ArrayD<f32>>, f64, f64) =
+                (None, 0.0, 0.0);
+            for (smoother, fold) in smoothers.iter().zip(folds) {
+                let held: Vec<&crossfit::Held> =
+                    fold.held.iter().filter(|h| h.case == i).collect();
+                if held.is_empty() {
+                    continue;
+                }
+                let s = smooth_case(&smoother.model, case, &sc)?;
+                let y = y_s.get_or_insert_with(|| s.y_s.clone());
+                for h in held {
+                    crossfit::paste(y, &s.y_s, h.range.as_ref(), axis)?;
+                    let share = h.range.as_ref().map_or(1.0, |r| r.len() as f64);
+                    variance += share * s.stats.sample_variance;
+                    weight += share;
+                }
+            }
+            let y_s = y_s.ok_or_else(|| {
+                VlsError::Config(format!("cross-fitting: case {:?} is in no fold", case.id))
+            })?;
+            let labels = case.label.as_ref().ok_or_else(|| {
+                VlsError::Config(format!("case {:?} has no label map to smooth", case.id))
+            })?;
+            let soft = anchored_mix(&smoothers[0].model, case, &y_s, 1.0, 1.0)?;
+            let stats = crate::smooth::SmoothStats {
+                case: case.id.clone(),
+                voxels: labels.len(),
+                samples: sc.samples,
+                flipped_fraction: mix::label_disagreement(&soft, &labels.view())?,
+                mean_entropy: mix::mean_entropy(&soft)?,
+                mean_entropy_ys: mix::mean_entropy(&y_s)?,
+                sample_variance: variance / weight.max(1.0),
+                seconds: start.elapsed().as_secs_f64(),
+            };
+            out.push(SoftLabels { y_s, soft, stats });
+        }
+        Ok(out)
     }
 
     /// From a trained smoother on: `y_s`, sweep, final net.
@@ -367,13 +514,28 @@ impl Calseg {
         dir: Option<&Path>,
     ) -> Result<CalsegRun> {
         let soft_labels = self.soft_labels(&smoother.model, train, seed)?;
-        let y_s: Vec<_> = soft_labels.iter().map(|s| s.y_s.clone()).collect();
         let calibration = self.calibrate(
             &smoother.model,
             val,
             seed,
             dir.map(|d| d.join("vls")).as_deref(),
         )?;
+        self.finish(smoother, soft_labels, calibration, train, val, seed, dir)
+    }
+
+    /// From `y_s` and the calibration on: the sweep, the chosen `Y_s` and its net.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        smoother: TrainedSmoother,
+        soft_labels: Vec<SoftLabels>,
+        calibration: Option<Calibration>,
+        train: &[Case],
+        val: &[EvalCase<'_>],
+        seed: u64,
+        dir: Option<&Path>,
+    ) -> Result<CalsegRun> {
+        let y_s: Vec<_> = soft_labels.iter().map(|s| s.y_s.clone()).collect();
         let settings = match &calibration {
             Some(c) => self.cfg.settings_at(c.tau),
             None => self.cfg.settings(),
@@ -401,6 +563,7 @@ impl Calseg {
             choice: sweep.choice,
             targets: targets.into_iter().filter_map(|c| c.soft_label).collect(),
             net: sweep.net,
+            folds: 0,
         })
     }
 
