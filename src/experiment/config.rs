@@ -15,6 +15,7 @@
 //! [vls]     # VlsConfig of the variational label smoother
 //! [vls_train]  # its TrainerConfig
 //! [calseg]  # samples = 16, alpha = [0.5], calibrate = true (τ from the smoother calibrated on validation),
+//!           # crossfit = 0 (k ≥ 2: k cross-fitted smoothers, τ calibrated on their out-of-sample maps),
 //!           # tau = [2.0] (used when calibrate = false), from = "posterior", dice_tolerance = 0.02; lists → sweep on validation
 //! [eval]    # bins = 15, hd95 = true, mask = "brainmask.nii.gz" (file or folder of CASE.nii.gz)
 //! [eval.shift]  # bias = 0.4, gamma = 1.3, contrast = 0.85, noise = 0.04 (a synthetic scanner shift of the test part)

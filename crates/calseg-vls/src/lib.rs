@@ -22,7 +22,12 @@
 //!    `Y_s = (1−α)·y + α·y_s^τ`; written per case as safetensors + NIfTI. τ and α
 //!    can be calibrated ([`smooth::calibrate_temperature`]) on held-out slices or cases
 //!    from hard labels only (cross-entropy to the label-noise target).
-//! 4. **Quality** ([`quality`]): TV distance to true probabilities, and the baselines
+//! 4. **Cross-fitting** ([`crossfit`], `CalsegConfig::crossfit = k`): `k` smoothers, each
+//!    training case (or slab) smoothed by the one that did not train on it, and τ
+//!    calibrated on those out-of-sample maps, so that `Y_s` carries the confidence a
+//!    model has on data it has not seen — what the segmentation net's confidence should
+//!    mean on a new scan. `calseg demo` uses it (the calseg-vls README has the evidence).
+//! 5. **Quality** ([`quality`]): TV distance to true probabilities, and the baselines
 //!    (hard, uniform LS, SVLS) for the comparison on the embedded ICBM152 template.
 //!
 //! Images are z-scored over their nonzero voxels per channel (as by the segmentation

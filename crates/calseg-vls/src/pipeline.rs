@@ -37,10 +37,10 @@
 //! # Ok(()) }
 //! ```
 
+use crate::crossfit;
 use crate::error::{Result, VlsError};
 use crate::mix;
 use crate::model::{CONFIG_FILE, VlsConfig, VlsModel};
-use crate::crossfit;
 use crate::smooth::{
     Calibration, CalibrationItem, LatentSource, SmoothConfig, SoftLabels, calibrate_maps,
     calibrate_temperature, noise_target, smooth_case,
@@ -407,7 +407,12 @@ impl Calseg {
         first.seconds = seconds;
         let calibration = if self.cfg.calibrate {
             let cdir = dir.map(|d| d.join("vls"));
-            match cdir.as_deref().map(Calibration::load).transpose()?.flatten() {
+            match cdir
+                .as_deref()
+                .map(Calibration::load)
+                .transpose()?
+                .flatten()
+            {
                 Some(c) => Some(c),
                 None => {
                     let items = train
@@ -465,8 +470,7 @@ impl Calseg {
             let (mut y_s, mut variance, mut weight): (Option<ndarray::ArrayD<f32>>, f64, f64) =
                 (None, 0.0, 0.0);
             for (smoother, fold) in smoothers.iter().zip(folds) {
-                let held: Vec<&crossfit::Held> =
-                    fold.held.iter().filter(|h| h.case == i).collect();
+                let held: Vec<&crossfit::Held> = fold.held.iter().filter(|h| h.case == i).collect();
                 if held.is_empty() {
                     continue;
                 }

@@ -34,6 +34,8 @@ mod pool;
 mod simd;
 pub mod stock;
 
+pub use simd::{SimdLevel, detected_simd_level, set_simd_level, simd_level};
+
 use candle_core::{Result, Tensor};
 use conv::{Conf, ConvCatOp, ConvOp, ConvTransposeOp};
 pub(crate) use conv::{slice as slice_of, with_float as with_float_dtype};
