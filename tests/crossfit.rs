@@ -48,7 +48,7 @@ fn each_half_is_smoothed_by_the_smoother_that_did_not_see_it() {
     let mut fold_maps = Vec::new();
     for (f, fold) in folds.iter().enumerate() {
         let model =
-            VlsModel::load_dir(&dir.join("vls").join(format!("fold{f}")), &Device::Cpu).unwrap();
+            VlsModel::load_dir(dir.join("vls").join(format!("fold{f}")), &Device::Cpu).unwrap();
         let own = smooth_case(&model, case, &sc).unwrap().y_s;
         let r = fold.held[0].range.clone().unwrap();
         let held = y_s.slice_axis(Axis(3), Slice::from(r.clone()));

@@ -14,8 +14,9 @@
 //! [loss]    # the losses' own defaults: ls_eps = 0.1, focal_gamma = 3, svls_sigma = 1, mbls_margin = 5, …, dice_weight = 0
 //! [vls]     # VlsConfig of the variational label smoother
 //! [vls_train]  # its TrainerConfig
-//! [calseg]  # samples = 16, alpha = [0.5], calibrate = true (τ from the smoother calibrated on validation),
-//!           # crossfit = 0 (k ≥ 2: k cross-fitted smoothers, τ calibrated on their out-of-sample maps),
+//! [calseg]  # samples = 16, alpha = [0.25], crossfit = 2 (2 cross-fitted smoothers; 0: one),
+//!           # calibrate = true (τ calibrated on the out-of-sample y_s: the cross-fitted maps of the
+//!           # training cases, or the validation part when crossfit = 0),
 //!           # tau = [2.0] (used when calibrate = false), from = "posterior", dice_tolerance = 0.02; lists → sweep on validation
 //! [eval]    # bins = 15, hd95 = true, mask = "brainmask.nii.gz" (file or folder of CASE.nii.gz)
 //! [eval.shift]  # bias = 0.4, gamma = 1.3, contrast = 0.85, noise = 0.04 (a synthetic scanner shift of the test part)
@@ -257,7 +258,9 @@ pub struct CalsegParams {
     pub from: LatentSource,
     /// How far below the best validation Dice a setting may fall and still be chosen.
     pub dice_tolerance: f64,
-    /// τ from the smoother calibrated on the validation part (then `tau` is not swept).
+    /// τ from the smoother calibrated on out-of-sample `y_s` (then `tau` is not swept):
+    /// the cross-fitted maps of the training cases, or the validation part when
+    /// `crossfit = 0`.
     pub calibrate: bool,
     /// Cross-fitting folds of the smoother (`0`: off; `k ≥ 2`: `k` smoothers, each
     /// training slab smoothed by one that did not see it, τ calibrated on those maps;

@@ -87,6 +87,9 @@ pub struct StepTimings {
     pub device: String,
     /// `"fast"` or `"stock"`.
     pub backend: String,
+    /// SIMD level of calseg's own loops ([`crate::ops::simd_level`]: `avx512`, `avx2`,
+    /// `baseline`; `CALSEG_SIMD` caps it).
+    pub simd: String,
     /// The configuration that was run.
     pub config: StepConfig,
 }
@@ -249,6 +252,7 @@ pub fn unet_step(cfg: &StepConfig) -> Result<StepTimings> {
         threads: rayon::current_num_threads(),
         device: crate::device_name(&cfg.device),
         backend: if cfg.stock { "stock" } else { "fast" }.into(),
+        simd: crate::ops::simd_level().name().into(),
         config: cfg.clone(),
     })
 }
@@ -390,7 +394,7 @@ pub fn to_json<T: Serialize>(v: &T) -> Result<String> {
 pub fn format_step(t: &StepTimings) -> String {
     format!(
         "{} U-Net {}D base {} depth {} batch {}×{}×{}^{}: fwd {:.3}s bwd {:.3}s step {:.3}s total {:.3}s \
-         (median of {}, {} threads, {} params, loss {:.5} → {:.5})",
+         (median of {}, {} threads, SIMD {}, {} params, loss {:.5} → {:.5})",
         t.backend,
         t.config.dims,
         t.config.base,
@@ -405,6 +409,7 @@ pub fn format_step(t: &StepTimings) -> String {
         t.total_s,
         t.config.iters,
         t.threads,
+        t.simd,
         t.params,
         t.losses.first().copied().unwrap_or(f64::NAN),
         t.losses.last().copied().unwrap_or(f64::NAN),
