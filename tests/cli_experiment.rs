@@ -122,13 +122,14 @@ fn experiment_end_to_end_and_resumable() {
         json["methods"]["calseg"]["ece"],
         again["methods"]["calseg"]["ece"]
     );
-    // The experiment's smoother is an ordinary model folder for `calseg vls smooth`.
+    // The experiment's smoothers (cross-fitted by default: one folder per fold) are
+    // ordinary model folders for `calseg vls smooth`.
     let smoothed = root.join("smoothed");
     ok(&[
         "vls",
         "smooth",
         "--model",
-        s(&out.join("seed0").join("vls")),
+        s(&out.join("seed0").join("vls").join("fold0")),
         "--data",
         s(&data),
         "--out",
