@@ -5,7 +5,6 @@
 
 mod common;
 
-use calseg::seg::train::Schedule;
 use calseg::vls::crossfit;
 use calseg::vls::smooth::smooth_case;
 use calseg::vls::{Calseg, CalsegConfig, VlsModel};
@@ -13,19 +12,7 @@ use calseg::{Device, EvalCase};
 use ndarray::{Axis, Slice};
 
 fn tiny() -> CalsegConfig {
-    let mut cfg = CalsegConfig::for_classes(4, 1);
-    for t in [&mut cfg.smoother_train, &mut cfg.net.train] {
-        t.epochs = 1;
-        t.iters_per_epoch = Some(2);
-        t.batch_size = 2;
-        t.schedule = Schedule::Constant;
-        t.checkpoint_every = 0;
-        t.quiet = true;
-    }
-    cfg.net.net.base = 4;
-    cfg.smoother.base = 4;
-    cfg.smoother.enc_base = 4;
-    cfg.samples = 2;
+    let mut cfg = common::tiny_calseg_config();
     cfg.crossfit = 2;
     cfg
 }

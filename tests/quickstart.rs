@@ -8,24 +8,11 @@
 #[allow(dead_code)]
 mod quickstart;
 
-use calseg::CalsegConfig;
-use calseg::seg::train::Schedule;
+mod common;
 
 #[test]
 fn quickstart_runs_calseg_end_to_end_with_a_validation_choice() {
-    let mut cfg = CalsegConfig::for_classes(4, 1);
-    for t in [&mut cfg.smoother_train, &mut cfg.net.train] {
-        t.epochs = 1;
-        t.iters_per_epoch = Some(2);
-        t.batch_size = 2;
-        t.schedule = Schedule::Constant;
-        t.checkpoint_every = 0;
-        t.quiet = true;
-    }
-    cfg.net.net.base = 4;
-    cfg.smoother.base = 4;
-    cfg.smoother.enc_base = 4;
-    cfg.samples = 2;
+    let mut cfg = common::tiny_calseg_config();
     cfg.alpha = vec![0.25, 0.5];
     let test = quickstart::run(cfg).expect("quickstart");
     assert_eq!(test.n_cases, 1);

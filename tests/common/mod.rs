@@ -1,4 +1,4 @@
-//! Helpers shared by the end-to-end tests that run the built `calseg` binary.
+//! Helpers shared by the end-to-end tests (the built `calseg` binary, tiny library runs).
 #![allow(dead_code)]
 
 use calseg::io::phantom::{PhantomConfig, generate};
@@ -95,4 +95,24 @@ pub fn phantom_dataset(
             .unwrap();
     }
     data
+}
+
+/// CALSeg on the embedded brain with a budget of seconds (1 epoch of 2 steps of 2
+/// slices, base-4 nets and smoothers, m = 2): for tests of the pipeline's wiring, whose
+/// numbers are not a comparison.
+pub fn tiny_calseg_config() -> calseg::CalsegConfig {
+    let mut cfg = calseg::CalsegConfig::for_classes(4, 1);
+    for t in [&mut cfg.smoother_train, &mut cfg.net.train] {
+        t.epochs = 1;
+        t.iters_per_epoch = Some(2);
+        t.batch_size = 2;
+        t.schedule = calseg::seg::train::Schedule::Constant;
+        t.checkpoint_every = 0;
+        t.quiet = true;
+    }
+    cfg.net.net.base = 4;
+    cfg.smoother.base = 4;
+    cfg.smoother.enc_base = 4;
+    cfg.samples = 2;
+    cfg
 }
