@@ -71,6 +71,43 @@ pub struct Conv {
     backend: Backend,
 }
 
+/// `norm(conv(x))`, or of `conv(cat([x, x2], 1))` with `x2`: one fused autograd node
+/// ([`ops::conv_norm`]) when both layers run on the fast backend with GroupNorm /
+/// InstanceNorm, otherwise the two layers one after the other (same values).
+pub fn conv_norm_relu(
+    conv: &Conv,
+    norm: &NormRelu,
+    x: &Tensor,
+    x2: Option<&Tensor>,
+) -> candle_core::Result<Tensor> {
+    if let (Backend::Fast, Backend::Fast, None, Some((gamma, beta, groups)), Some(bias)) = (
+        conv.backend,
+        norm.backend,
+        &norm.batch,
+        &norm.affine,
+        &conv.bias,
+    ) {
+        return ops::conv_norm(
+            x,
+            x2,
+            &conv.weight,
+            bias,
+            gamma,
+            beta,
+            *groups,
+            NORM_EPS,
+            true,
+            conv.stride,
+            conv.padding,
+        );
+    }
+    let z = match x2 {
+        Some(x2) => conv.forward_cat(x, x2)?,
+        None => conv.forward(x)?,
+    };
+    norm.forward(&z)
+}
+
 /// Shape of a kernel `(a, b, k…)` with `dims` spatial axes.
 fn kshape(a: usize, b: usize, k: usize, dims: usize) -> Vec<usize> {
     let mut s = vec![a, b];

@@ -26,7 +26,7 @@
 //! Input `(n, in_channels, [d,] h, w)` with every spatial size divisible by `2^D`;
 //! output logits `(n, classes, [d,] h, w)`.
 
-use super::layers::{Backend, Conv, ConvTranspose, NetMode, NormKind, NormRelu};
+use super::layers::{Backend, Conv, ConvTranspose, NetMode, NormKind, NormRelu, conv_norm_relu};
 use crate::init::ParamInit;
 use crate::ops::{self, stock};
 use crate::{Result, SegError};
@@ -147,14 +147,14 @@ impl Block {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let x = self.n1.forward(&self.c1.forward(x)?)?;
-        self.n2.forward(&self.c2.forward(&x)?)
+        let x = conv_norm_relu(&self.c1, &self.n1, x, None)?;
+        conv_norm_relu(&self.c2, &self.n2, &x, None)
     }
 
     /// [`Self::forward`] of `cat([a, b], 1)`, the concatenation fused into `c1`.
     fn forward_cat(&self, a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
-        let x = self.n1.forward(&self.c1.forward_cat(a, b)?)?;
-        self.n2.forward(&self.c2.forward(&x)?)
+        let x = conv_norm_relu(&self.c1, &self.n1, a, Some(b))?;
+        conv_norm_relu(&self.c2, &self.n2, &x, None)
     }
 }
 

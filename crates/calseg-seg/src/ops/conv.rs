@@ -67,7 +67,7 @@ impl Conf {
     }
 
     /// Geometry of `x ⊛ w` from their dims; checks ranks and channel counts.
-    fn geom(&self, xd: &[usize], wd: &[usize]) -> Result<Geom> {
+    pub(crate) fn geom(&self, xd: &[usize], wd: &[usize]) -> Result<Geom> {
         if xd.len() != wd.len() {
             bail!("conv: input rank {} but weight rank {}", xd.len(), wd.len());
         }
@@ -537,11 +537,11 @@ impl CustomOp3 for ConvCatOp {
 /// Input gradient of one part of [`ConvCatOp`]: `(dy, wb) → dx_part` for the input
 /// channels `c0 .. c0 + in_dims[1]` of the concatenation.
 #[derive(Clone, Debug)]
-struct GradInputPartOp {
-    conf: Conf,
-    in_dims: Vec<usize>,
-    c0: usize,
-    wdims: Vec<usize>,
+pub(crate) struct GradInputPartOp {
+    pub conf: Conf,
+    pub in_dims: Vec<usize>,
+    pub c0: usize,
+    pub wdims: Vec<usize>,
 }
 
 impl CustomOp2 for GradInputPartOp {
@@ -595,9 +595,9 @@ impl CustomOp2 for GradInputPartOp {
 
 /// Parameter gradient of [`ConvCatOp`]: `(a, b, dy) → [dw | dbias]` (packed as `wb`).
 #[derive(Clone, Debug)]
-struct GradWeightCatOp {
-    conf: Conf,
-    wdims: Vec<usize>,
+pub(crate) struct GradWeightCatOp {
+    pub conf: Conf,
+    pub wdims: Vec<usize>,
 }
 
 impl CustomOp3 for GradWeightCatOp {

@@ -13,17 +13,19 @@
 //! - bias gradient:  `db[o] = Σ_n Σ_p dY[n][o][p]`
 
 use super::geom::{Geom, col2im_add, im2col};
+use super::shifted::{Kernel, conv_fwd_shifted, conv_grad_weight_shifted, use_shifted};
 use super::simd::{avx2_dispatch, lane_sum};
+
 use candle_core::WithDType;
 use rayon::prelude::*;
 
 /// Target size (elements) of one column-matrix tile: 64 Ki elements = 256 KiB in f32,
 /// half of a 512 KiB L2 cache.
-const TILE_BUDGET: usize = 64 * 1024;
+pub(crate) const TILE_BUDGET: usize = 64 * 1024;
 
 /// A raw pointer that may cross threads. Each task writes a disjoint region through it.
 #[derive(Clone, Copy)]
-struct SendPtr<T>(*mut T);
+pub(crate) struct SendPtr<T>(pub(crate) *mut T);
 // SAFETY: only used to write disjoint output regions from parallel tasks.
 unsafe impl<T> Send for SendPtr<T> {}
 // SAFETY: as above.
@@ -31,17 +33,17 @@ unsafe impl<T> Sync for SendPtr<T> {}
 
 impl<T> SendPtr<T> {
     /// The pointer (a method, so closures capture the whole `Send` wrapper).
-    fn get(self) -> *mut T {
+    pub(crate) fn get(self) -> *mut T {
         self.0
     }
 }
 
 /// Strided matrix view for [`gemm_acc`]: `ptr[r·rs + c·cs]`.
 #[derive(Clone, Copy)]
-struct Mat<T> {
-    ptr: *const T,
-    rs: isize,
-    cs: isize,
+pub(crate) struct Mat<T> {
+    pub(crate) ptr: *const T,
+    pub(crate) rs: isize,
+    pub(crate) cs: isize,
 }
 
 /// `dst (m × n, strides dst_rs/dst_cs) = [dst +] lhs (m × k) · rhs (k × n)`, single-threaded.
@@ -50,7 +52,7 @@ struct Mat<T> {
 /// All three views must be valid for the given sizes and strides, and `dst` must not
 /// alias `lhs` or `rhs` nor be written concurrently by another thread.
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_acc<T: WithDType>(
+pub(crate) unsafe fn gemm_acc<T: WithDType>(
     m: usize,
     n: usize,
     k: usize,
@@ -107,6 +109,21 @@ pub(crate) fn conv_fwd<T: WithDType>(g: &Geom, x: &[T], w: &[T], b: Option<&[T]>
 /// data `(n, channels, i)`, channels summing to `g.ci`) without materialising it: each
 /// source contributes `W[:, its columns] · X_col(source)`, accumulated in the output.
 pub(crate) fn conv_fwd_srcs<T: WithDType>(
+    g: &Geom,
+    srcs: &[(&[T], usize)],
+    w: &[T],
+    b: Option<&[T]>,
+    y: &mut [T],
+) {
+    if use_shifted(g, Kernel::Forward) {
+        conv_fwd_shifted(g, srcs, w, b, y)
+    } else {
+        conv_fwd_im2col(g, srcs, w, b, y)
+    }
+}
+
+/// [`conv_fwd_srcs`] through column-matrix tiles (any stride and padding).
+pub(crate) fn conv_fwd_im2col<T: WithDType>(
     g: &Geom,
     srcs: &[(&[T], usize)],
     w: &[T],
@@ -316,6 +333,20 @@ pub(crate) fn conv_grad_weight_srcs<T: WithDType>(
     dy: &[T],
     dw: &mut [T],
 ) {
+    if use_shifted(g, Kernel::GradWeight) {
+        conv_grad_weight_shifted(g, srcs, dy, dw)
+    } else {
+        conv_grad_weight_im2col(g, srcs, dy, dw)
+    }
+}
+
+/// [`conv_grad_weight_srcs`] through column-matrix tiles (any stride and padding).
+pub(crate) fn conv_grad_weight_im2col<T: WithDType>(
+    g: &Geom,
+    srcs: &[(&[T], usize)],
+    dy: &[T],
+    dw: &mut [T],
+) {
     let (kdim, kvol, p_all, ivol) = (g.kdim(), g.kvol(), g.ovol(), g.ivol());
     let max_rows = srcs.iter().map(|s| s.1).max().unwrap_or(0) * kvol;
     let pt = g.tile_cols(kdim, TILE_BUDGET);
@@ -468,6 +499,62 @@ mod tests {
         (0..len)
             .map(|v| (((v * 37 + seed * 11) % 23) as f64 - 11.0) / 7.0)
             .collect()
+    }
+
+    /// The shifted-GEMM kernels against the naive convolution (forward) and the im2col
+    /// kernel (weight gradient), on every stride-1 geometry they accept, including
+    /// channel-concatenated sources and tiles that split the outer axis.
+    #[test]
+    fn shifted_kernels_match_naive_and_im2col() {
+        use super::super::shifted::{applies, conv_fwd_shifted, conv_grad_weight_shifted};
+        let cases = [
+            Geom::new(2, 3, 4, [1, 9, 7], [1, 3, 3], [1, 1, 1], [0, 1, 1]),
+            Geom::new(2, 3, 4, [1, 9, 7], [1, 3, 3], [1, 1, 1], [0, 0, 0]),
+            Geom::new(1, 2, 3, [1, 6, 5], [1, 3, 3], [1, 1, 1], [0, 2, 2]),
+            Geom::new(1, 2, 3, [1, 6, 5], [1, 2, 2], [1, 1, 1], [0, 1, 1]),
+            Geom::new(2, 3, 2, [4, 5, 6], [3, 3, 3], [1, 1, 1], [1, 1, 1]),
+            Geom::new(1, 2, 3, [3, 4, 5], [3, 3, 3], [1, 1, 1], [0, 0, 0]),
+            // Several tiles along the outer axis (height in 2D, depth in 3D).
+            Geom::new(1, 9, 40, [1, 130, 60], [1, 3, 3], [1, 1, 1], [0, 1, 1]),
+            Geom::new(1, 4, 30, [6, 40, 40], [3, 3, 3], [1, 1, 1], [1, 1, 1]),
+        ];
+        for g in cases {
+            let g = g.expect("valid geometry");
+            assert!(applies(&g), "{g:?}");
+            if g.co >= 30 {
+                assert!(super::super::shifted::tile_count(&g) > 1, "{g:?}");
+            }
+            let x = data(g.n * g.ci * g.ivol(), 1);
+            let w = data(g.co * g.kdim(), 2);
+            let b = data(g.co, 3);
+            let mut y = vec![f64::NAN; g.n * g.co * g.ovol()];
+            // Two sources: channels 0..1 and 1..ci, as conv_cat passes them.
+            let split = g.n * g.ivol();
+            let (xa, xb): (Vec<f64>, Vec<f64>) = {
+                let (mut a, mut bb) = (Vec::new(), Vec::new());
+                for n in 0..g.n {
+                    let img = &x[n * g.ci * g.ivol()..(n + 1) * g.ci * g.ivol()];
+                    a.extend_from_slice(&img[..g.ivol()]);
+                    bb.extend_from_slice(&img[g.ivol()..]);
+                }
+                (a, bb)
+            };
+            assert_eq!(xa.len(), split);
+            let srcs = [(&xa[..], 1), (&xb[..], g.ci - 1)];
+            conv_fwd_shifted(&g, &srcs, &w, Some(&b), &mut y);
+            let r = naive(&g, &x, &w, &b);
+            for (a, e) in y.iter().zip(&r) {
+                assert!((a - e).abs() < 1e-10, "{g:?}: {a} vs {e}");
+            }
+            let dy = data(y.len(), 4);
+            let mut dw = vec![f64::NAN; w.len()];
+            conv_grad_weight_shifted(&g, &srcs, &dy, &mut dw);
+            let mut dw_ref = vec![0.0; w.len()];
+            conv_grad_weight_im2col(&g, &[(&x[..], g.ci)], &dy, &mut dw_ref);
+            for (a, e) in dw.iter().zip(&dw_ref) {
+                assert!((a - e).abs() < 1e-9 * e.abs().max(1.0), "{g:?}: {a} vs {e}");
+            }
+        }
     }
 
     #[test]

@@ -27,10 +27,12 @@
 //! ```
 
 mod conv;
+mod fused;
 pub(crate) mod geom;
 pub(crate) mod kernels;
 mod norm;
 mod pool;
+mod shifted;
 mod simd;
 pub mod stock;
 
@@ -138,6 +140,46 @@ pub fn group_norm(
     let op = norm::GroupNormOp { groups, eps, relu };
     x.contiguous()?
         .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)
+}
+
+/// `relu?(group_norm(conv(x, w, b), γ, β))` — a 3×3 convolution followed by GroupNorm
+/// (and ReLU) as one autograd node: the same values and gradients as the composition of
+/// [`conv`] and [`group_norm`], without candle's zero-fill + add for the gradient of the
+/// convolution's output (the block of a U-Net; see `ops/fused.rs`).
+///
+/// With `b2 = Some(b2)`, the input is the channel concatenation `cat([x, b2], 1)` (as
+/// [`conv_cat`]). Shapes as [`conv`] and [`group_norm`]; `bias`, `gamma`, `beta` `(co)`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_norm(
+    x: &Tensor,
+    b2: Option<&Tensor>,
+    w: &Tensor,
+    bias: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    groups: usize,
+    eps: f64,
+    relu: bool,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        let z = match b2 {
+            Some(b2) => stock::conv(&Tensor::cat(&[x, b2], 1)?, w, Some(bias), stride, padding)?,
+            None => stock::conv(x, w, Some(bias), stride, padding)?,
+        };
+        return stock::group_norm(&z, gamma, beta, groups, eps, relu);
+    }
+    let p = Tensor::cat(&[&w.flatten_all()?, bias, gamma, beta], 0)?;
+    let op = fused::ConvNormOp::new(
+        Conf { stride, padding },
+        w.dims().to_vec(),
+        norm::GroupNormOp { groups, eps, relu },
+    );
+    match b2 {
+        Some(b2) => x.contiguous()?.apply_op3(&b2.contiguous()?, &p, op),
+        None => x.contiguous()?.apply_op2(&p, op),
+    }
 }
 
 /// Average pooling with kernel = stride = `k` on every spatial axis (2D or 3D):

@@ -20,6 +20,7 @@
 
 use super::conv::{slice, with_float};
 use super::simd::{avx2_dispatch, lane_sum};
+pub(crate) use Dims as NormDims;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType, bail};
 use rayon::prelude::*;
@@ -35,14 +36,14 @@ fn stats<T: WithDType>(block: &[T], eps: f64) -> (f64, f64) {
 
 /// Shape facts of an `(n, c, …)` input split into `groups`.
 #[derive(Clone, Copy, Debug)]
-struct Dims {
+pub(crate) struct Dims {
     c: usize,
     s: usize,
     groups: usize,
 }
 
 impl Dims {
-    fn of(d: &[usize], groups: usize) -> Result<Self> {
+    pub(crate) fn of(d: &[usize], groups: usize) -> Result<Self> {
         if d.len() < 3 {
             bail!("group norm: expected (n, c, …), got {d:?}");
         }
@@ -70,7 +71,7 @@ pub(crate) struct GroupNormOp {
 }
 
 impl GroupNormOp {
-    fn run<T: WithDType>(&self, d: Dims, x: &[T], gamma: &[T], beta: &[T]) -> Vec<T> {
+    pub(crate) fn run<T: WithDType>(&self, d: Dims, x: &[T], gamma: &[T], beta: &[T]) -> Vec<T> {
         let mut y = vec![T::from_f64(0.0); x.len()];
         let blk = d.cg() * d.s;
         y.par_chunks_mut(blk)
@@ -189,9 +190,9 @@ impl CustomOp3 for GroupNormOp {
 
 /// Backward op: `(x, y, dy) → [dx (flattened) | dγ | dβ]` in one buffer.
 #[derive(Clone, Debug)]
-struct GroupNormBwdOp {
-    fwd: GroupNormOp,
-    gamma: Vec<f64>,
+pub(crate) struct GroupNormBwdOp {
+    pub fwd: GroupNormOp,
+    pub gamma: Vec<f64>,
 }
 
 /// `(Σ g, Σ g·x)` over one channel in f64 lanes, with `g = dy·[y > 0]` under ReLU.
