@@ -6,7 +6,13 @@
 //! naive `conv_transpose2d` loop, and composed normalisation layers are ~10
 //! single-threaded element-wise ops each. Here convolutions are im2col/vol2col tiles
 //! (kept in L2) times the `gemm` crate's micro-kernels, parallel over (image, tile) with
-//! rayon; see [`kernels`](self) for the formulas.
+//! rayon; see [`kernels`](self) for the formulas. Stride-1 convolutions on wide planes
+//! (3D planes of at least 64², 2D rows of at least 128) skip the column matrix: one GEMM
+//! per kernel tap over a shifted view of the padded input (`ops/shifted.rs`; the rule is
+//! a fixed function of the shape, `CALSEG_CONV=im2col|shifted` overrides it for A/B
+//! measurements). [`conv_norm`] runs a U-Net block's convolution → GroupNorm → ReLU as
+//! one autograd node, so candle's backward never zero-fills and adds the gradient of the
+//! convolution's output.
 //!
 //! All functions take `f32` or `f64` tensors in `(n, c, h, w)` (2D) or `(n, c, d, h, w)`
 //! (3D) layout, with candle-nn/PyTorch weight layouts: conv `(out, in, k…)`, transposed
