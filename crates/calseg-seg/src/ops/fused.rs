@@ -254,6 +254,23 @@ mod tests {
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 
+    /// Bad shapes are errors, not panics.
+    #[test]
+    fn fused_rejects_bad_shapes() {
+        let dev = Device::Cpu;
+        let t = |d: &[usize]| Tensor::zeros(d, DType::F32, &dev).expect("zeros");
+        let (x, w, c4, c3) = (t(&[1, 2, 5, 5]), t(&[4, 2, 3, 3]), t(&[4]), t(&[3]));
+        let run = |x: &Tensor, w: &Tensor, b: &Tensor, groups: usize| {
+            conv_norm(x, None, w, b, &c4, &c4, groups, 1e-5, true, 1, 1)
+        };
+        assert!(run(&x, &w, &c4, 2).is_ok());
+        assert!(run(&x, &t(&[4]), &c4, 2).is_err(), "weight rank");
+        assert!(run(&x, &t(&[4, 3, 3, 3]), &c4, 2).is_err(), "channels");
+        assert!(run(&x, &w, &c3, 2).is_err(), "bias length");
+        assert!(run(&x, &w, &c4, 3).is_err(), "groups must divide channels");
+        assert!(run(&t(&[1, 2, 5]), &w, &c4, 2).is_err(), "input rank");
+    }
+
     /// The fused node equals `group_norm(conv(…))` in value and in the gradient of every
     /// input (f64, one and two sources, 2D and 3D, stride 1 and 2, with and without ReLU).
     #[test]

@@ -176,6 +176,22 @@ pub fn conv_norm(
         };
         return stock::group_norm(&z, gamma, beta, groups, eps, relu);
     }
+    if !(4..=5).contains(&w.rank()) || w.rank() != x.rank() {
+        candle_core::bail!(
+            "conv_norm: weight {:?} and input {:?} must both be 2D (rank 4) or 3D (rank 5)",
+            w.dims(),
+            x.dims()
+        );
+    }
+    let co = w.dim(0)?;
+    for (name, t) in [("bias", bias), ("gamma", gamma), ("beta", beta)] {
+        if t.dims() != [co] {
+            candle_core::bail!(
+                "conv_norm: {name} has shape {:?}, expected [{co}]",
+                t.dims()
+            );
+        }
+    }
     let p = Tensor::cat(&[&w.flatten_all()?, bias, gamma, beta], 0)?;
     let op = fused::ConvNormOp::new(
         Conf { stride, padding },
