@@ -32,6 +32,11 @@ pub struct ExperimentArgs {
     /// TOML file with every hyper-parameter (see `calseg::experiment::config`).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// A development split: never load the test part; hold out this fraction of the
+    /// training data as a development test part instead (choose designs here, then run
+    /// without it once). Overrides `split.development`.
+    #[arg(long, value_name = "FRACTION")]
+    development: Option<f64>,
     /// No progress bars (stage lines are still printed).
     #[arg(long)]
     quiet: bool,
@@ -66,6 +71,9 @@ pub fn run(args: ExperimentArgs) -> CliResult {
     }
     if let Some(n) = args.seeds {
         cfg.seeds = n;
+    }
+    if let Some(f) = args.development {
+        cfg.split.development = Some(f);
     }
     cfg.validate().map_err(|e| {
         CliError::BadInput(format!(

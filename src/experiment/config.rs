@@ -8,7 +8,8 @@
 //! methods = ["ce", "ls", "focal", "svls", "mbls", "nacl", "calseg"]  # + "raters" when the data have raters
 //! temperature_scaling = true   # adds "ce+ts" (T fitted on validation NLL)
 //!
-//! [split]   # see SplitConfig: axis = 2, test_fraction = 0.5, val_fraction = 0.2, min_cases = 5
+//! [split]   # see SplitConfig: axis = 2, test_fraction = 0.5, val_fraction = 0.2, min_cases = 5,
+//!           # development = 0.3 (optional: drop the test part, hold out 30 % of the rest instead)
 //! [net]     # U-Net of every segmentation net: base = 16, depth = 3, norm = {group = 8}
 //! [train]   # TrainerConfig of every segmentation net (same budget for all methods)
 //! [loss]    # the losses' own defaults: ls_eps = 0.1, focal_gamma = 3, svls_sigma = 1, mbls_margin = 5, …, dice_weight = 0

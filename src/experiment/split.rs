@@ -10,6 +10,14 @@
 //!   T for temperature scaling): the last `val_fraction` of the remaining training cases,
 //!   or, with too few cases, the top `val_fraction` of each remaining slab.
 //!
+//! - **development split** (`development = f`, `calseg experiment --development f`): the
+//!   test part above is dropped — never loaded, never scored — and the training and
+//!   validation data that remain are split again by the same rules: their top fraction
+//!   `f` (cases, or slices of each slab) becomes a *development test* part, validation is
+//!   taken out of the rest. A design choice (a CALSeg variant, a loss, a budget) compared
+//!   on a development split is made on the real split's training and validation data
+//!   alone; the real test part then scores the chosen design once.
+//!
 //! Slabs are contiguous along `axis` (axial for RAS volumes): neighbouring slices are
 //! strongly correlated, so interleaving them would leak the test data into training.
 
@@ -31,6 +39,10 @@ pub struct SplitConfig {
     pub val_fraction: f64,
     /// Fewest cases for a split by cases rather than by slabs.
     pub min_cases: usize,
+    /// A development split: drop the test part and hold out this fraction of the
+    /// remaining data (cases, or the top slices of each slab) as the test part instead
+    /// (see the module docs). `None`: the ordinary split.
+    pub development: Option<f64>,
 }
 
 impl Default for SplitConfig {
@@ -40,6 +52,7 @@ impl Default for SplitConfig {
             test_fraction: 0.5,
             val_fraction: 0.2,
             min_cases: 5,
+            development: None,
         }
     }
 }
@@ -116,10 +129,14 @@ impl SplitPlan {
     /// Plans the split of `ds` (reads each case's header-sized shape only for slab
     /// splits, by loading it).
     pub fn plan(ds: &Dataset, cfg: &SplitConfig) -> Result<SplitPlan, SplitError> {
+        let dev = cfg.development.map(|f| ("development", f));
         for (name, f) in [
             ("test_fraction", cfg.test_fraction),
             ("val_fraction", cfg.val_fraction),
-        ] {
+        ]
+        .into_iter()
+        .chain(dev)
+        {
             if !(f > 0.0 && f < 1.0) {
                 return Err(SplitError::Invalid(format!(
                     "split.{name} must be in (0, 1), got {f}"
@@ -169,40 +186,65 @@ impl SplitPlan {
             }
             ("axial slabs", test, train)
         };
-        // Validation out of what remains for training.
-        let (train, val) = if remaining.len() >= cfg.min_cases.max(2) {
-            let k = held_out(remaining.len(), cfg.val_fraction);
-            let (tr, va) = remaining.split_at(remaining.len() - k);
-            (tr.to_vec(), va.to_vec())
-        } else {
-            let (mut train, mut val) = (Vec::new(), Vec::new());
-            for p in &remaining {
-                let range = match &p.slab {
-                    Some(s) => s.range.clone(),
-                    None => 0..slices_along(ds, &p.case, cfg.axis)?,
-                };
-                let n = range.len();
-                if n < 2 {
-                    return Err(SplitError::Invalid(format!(
-                        "case {}: too few slices to hold out validation slices",
-                        p.case
-                    )));
-                }
-                let cut = range.end - held_out(n, cfg.val_fraction);
-                train.push(slab(&p.case, cfg.axis, range.start..cut, "train"));
-                val.push(slab(&p.case, cfg.axis, cut..range.end, "val"));
+        // A development split: the test part is dropped and re-drawn from the rest.
+        let (kind, test, remaining) = match cfg.development {
+            None => (kind.to_string(), test, remaining),
+            Some(f) => {
+                let (rest, dev_test) =
+                    hold_out_top(ds, &remaining, f, cfg, ("devtrain", "devtest"))?;
+                (
+                    format!("development split of {kind} (the test part is not used)"),
+                    dev_test,
+                    rest,
+                )
             }
-            (train, val)
         };
-        let description = describe(kind, &train, &val, &test);
+        // Validation out of what remains for training.
+        let (train, val) = hold_out_top(ds, &remaining, cfg.val_fraction, cfg, ("train", "val"))?;
+        let description = describe(&kind, &train, &val, &test);
         Ok(SplitPlan {
-            kind: kind.to_string(),
+            kind,
             description,
             train,
             val,
             test,
         })
     }
+}
+
+/// Splits `parts` into (kept, held out): the last `fraction` of them when there are at
+/// least `min_cases` (at least two), else the top `fraction` of each one's slices along
+/// `cfg.axis`, the slabs tagged `tags.0` and `tags.1`.
+fn hold_out_top(
+    ds: &Dataset,
+    parts: &[Part],
+    fraction: f64,
+    cfg: &SplitConfig,
+    tags: (&str, &str),
+) -> Result<(Vec<Part>, Vec<Part>), SplitError> {
+    if parts.len() >= cfg.min_cases.max(2) {
+        let k = held_out(parts.len(), fraction);
+        let (kept, held) = parts.split_at(parts.len() - k);
+        return Ok((kept.to_vec(), held.to_vec()));
+    }
+    let (mut kept, mut held) = (Vec::new(), Vec::new());
+    for p in parts {
+        let range = match &p.slab {
+            Some(s) => s.range.clone(),
+            None => 0..slices_along(ds, &p.case, cfg.axis)?,
+        };
+        let n = range.len();
+        if n < 2 {
+            return Err(SplitError::Invalid(format!(
+                "case {}: {n} slices along axis {} are too few to hold out {} slices",
+                p.case, cfg.axis, tags.1
+            )));
+        }
+        let cut = range.end - held_out(n, fraction);
+        kept.push(slab(&p.case, cfg.axis, range.start..cut, tags.0));
+        held.push(slab(&p.case, cfg.axis, cut..range.end, tags.1));
+    }
+    Ok((kept, held))
 }
 
 fn describe(kind: &str, train: &[Part], val: &[Part], test: &[Part]) -> String {
@@ -292,5 +334,48 @@ impl Split {
             test: load(&plan.test)?,
             plan,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(p: &Part) -> Range<usize> {
+        p.slab.as_ref().map(|s| s.range.clone()).unwrap_or(0..0)
+    }
+
+    #[test]
+    fn a_development_split_never_touches_the_test_slab() {
+        let brain = calseg_io::icbm152::open().unwrap();
+        let full = SplitPlan::plan(&brain, &SplitConfig::default()).unwrap();
+        let test_start = range(&full.test[0]).start;
+        let cfg = SplitConfig {
+            development: Some(0.3),
+            val_fraction: 0.25,
+            ..SplitConfig::default()
+        };
+        let dev = SplitPlan::plan(&brain, &cfg).unwrap();
+        let (tr, va, te) = (
+            range(&dev.train[0]),
+            range(&dev.val[0]),
+            range(&dev.test[0]),
+        );
+        // train | val | development test, contiguous, all below the real test slab
+        assert_eq!(
+            (tr.start, tr.end, va.end, te.end),
+            (0, va.start, te.start, test_start)
+        );
+        assert_eq!(te.len(), (test_start as f64 * 0.3).round() as usize);
+        assert!(dev.kind.starts_with("development split") && dev.test[0].id.ends_with("devtest"));
+        // the ordinary split is what it was
+        assert_eq!(full.kind, "axial slabs");
+        for bad in [0.0, 1.0, f64::NAN] {
+            let cfg = SplitConfig {
+                development: Some(bad),
+                ..SplitConfig::default()
+            };
+            assert!(SplitPlan::plan(&brain, &cfg).is_err(), "{bad}");
+        }
     }
 }
