@@ -183,6 +183,16 @@ fn bad_experiment_options_exit_2() {
     let err = bad(&[
         "experiment",
         "--data",
+        s(&data),
+        "--out",
+        s(&out),
+        "--development",
+        "1.5",
+    ]);
+    assert!(err.contains("development"), "{err}");
+    let err = bad(&[
+        "experiment",
+        "--data",
         s(&root.join("nope")),
         "--out",
         s(&out),
