@@ -146,29 +146,19 @@ fn bad_experiment_options_exit_2() {
     let data =
         common::phantom_dataset(&root, "Dataset004_Phantom", &["a", "b"], 3, &[16, 16, 8], 1);
     let out = root.join("out");
-    let err = bad(&[
-        "experiment",
-        "--data",
-        s(&data),
-        "--out",
-        s(&out),
-        "--methods",
-        "ce,magic",
-    ]);
+    // Runs `calseg experiment` on the phantom with `extra` options; returns stderr.
+    let experiment = |extra: &[&str]| {
+        let mut args = vec!["experiment", "--data", s(&data), "--out", s(&out)];
+        args.extend_from_slice(extra);
+        bad(&args)
+    };
+    let err = experiment(&["--methods", "ce,magic"]);
     assert!(err.contains("magic"), "{err}");
     let cfg = root.join("bad.toml");
     // Runs `calseg experiment` with `toml` as its configuration; returns stderr.
     let with_config = |toml: &str| {
         std::fs::write(&cfg, toml).unwrap();
-        bad(&[
-            "experiment",
-            "--data",
-            s(&data),
-            "--out",
-            s(&out),
-            "--config",
-            s(&cfg),
-        ])
+        experiment(&["--config", s(&cfg)])
     };
     let err = with_config("[calseg]\nalpha = [1.5]\n");
     assert!(err.contains("alpha"), "{err}");
@@ -180,15 +170,7 @@ fn bad_experiment_options_exit_2() {
     calseg::io::write_nifti_labels(&mask, &ones, &calseg::io::Geometry::unit(3)).unwrap();
     let err = with_config(&format!("[eval]\nmask = {:?}\n", s(&mask)));
     assert!(err.contains("mask"), "{err}");
-    let err = bad(&[
-        "experiment",
-        "--data",
-        s(&data),
-        "--out",
-        s(&out),
-        "--development",
-        "1.5",
-    ]);
+    let err = experiment(&["--development", "1.5"]);
     assert!(err.contains("development"), "{err}");
     let err = bad(&[
         "experiment",
