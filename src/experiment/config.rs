@@ -376,16 +376,7 @@ impl ExperimentConfig {
         for &m in &self.methods {
             self.loss.method(m).validate().map_err(|e| e.to_string())?;
         }
-        let sp = &self.split;
-        for (name, f) in [
-            ("test_fraction", Some(sp.test_fraction)),
-            ("val_fraction", Some(sp.val_fraction)),
-            ("development", sp.development),
-        ] {
-            if let Some(f) = f.filter(|f| !(*f > 0.0 && *f < 1.0)) {
-                return Err(format!("split.{name} must be in (0, 1), got {f}"));
-            }
-        }
+        self.split.validate()?;
         let c = &self.calseg;
         if c.samples == 0 {
             return Err("calseg.samples must be ≥ 1".into());

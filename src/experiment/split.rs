@@ -57,6 +57,26 @@ impl Default for SplitConfig {
     }
 }
 
+impl SplitConfig {
+    /// Checks that every fraction (`test_fraction`, `val_fraction`, `development` when
+    /// set) lies in (0, 1).
+    ///
+    /// # Errors
+    /// A message naming the first fraction out of range.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, f) in [
+            ("test_fraction", Some(self.test_fraction)),
+            ("val_fraction", Some(self.val_fraction)),
+            ("development", self.development),
+        ] {
+            if let Some(f) = f.filter(|f| !(*f > 0.0 && *f < 1.0)) {
+                return Err(format!("split.{name} must be in (0, 1), got {f}"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// One part of a case: the whole volume, or the slab `range` along `axis`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Part {
@@ -129,20 +149,7 @@ impl SplitPlan {
     /// Plans the split of `ds` (reads each case's header-sized shape only for slab
     /// splits, by loading it).
     pub fn plan(ds: &Dataset, cfg: &SplitConfig) -> Result<SplitPlan, SplitError> {
-        let dev = cfg.development.map(|f| ("development", f));
-        for (name, f) in [
-            ("test_fraction", cfg.test_fraction),
-            ("val_fraction", cfg.val_fraction),
-        ]
-        .into_iter()
-        .chain(dev)
-        {
-            if !(f > 0.0 && f < 1.0) {
-                return Err(SplitError::Invalid(format!(
-                    "split.{name} must be in (0, 1), got {f}"
-                )));
-            }
-        }
+        cfg.validate().map_err(SplitError::Invalid)?;
         let train_ids: Vec<String> = ds.training_cases().iter().map(|c| c.id.clone()).collect();
         if train_ids.is_empty() {
             return Err(SplitError::Invalid(
