@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 const K: usize = 3;
 const SHAPE: [usize; 3] = [16, 16, 8];
 
-fn scratch(name: &str) -> PathBuf {
+fn scratch(name: &str) -> common::Scratch {
     scratch_in("cli-train", name)
 }
 
@@ -76,7 +76,7 @@ struct Trained {
 fn trained() -> &'static Trained {
     static T: OnceLock<Trained> = OnceLock::new();
     T.get_or_init(|| {
-        let root = scratch("fixture");
+        let root = scratch("fixture").keep();
         let data = write_dataset(&root, 2, 1);
         let model = root.join("model_ce");
         let stdout = ok(&[

@@ -15,7 +15,7 @@ const K: usize = 3;
 const SHAPE: [usize; 3] = [16, 16, 8];
 const CASES: [&str; 3] = ["ph_0", "ph_1", "ph_2"];
 
-fn scratch(name: &str) -> PathBuf {
+fn scratch(name: &str) -> common::Scratch {
     scratch_in("cli-vls", name)
 }
 
@@ -35,7 +35,7 @@ struct Trained {
 fn trained() -> &'static Trained {
     static T: OnceLock<Trained> = OnceLock::new();
     T.get_or_init(|| {
-        let root = scratch("fixture");
+        let root = scratch("fixture").keep();
         let data = write_dataset(&root);
         let model = root.join("vls");
         let stdout = ok(&[

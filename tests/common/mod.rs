@@ -10,12 +10,50 @@ use std::process::{Command, Output};
 /// The `calseg` binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_calseg");
 
-/// A fresh, empty scratch folder `calseg-{tag}-{pid}-{name}` for one test.
-pub fn scratch_in(tag: &str, name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("calseg-{tag}-{}-{name}", std::process::id()));
+/// A scratch folder of one test: removed when the guard drops after the test passed,
+/// kept (for a look) when it failed.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    /// Keeps the folder beyond the guard (a fixture shared by several tests through a
+    /// `static`, which is never dropped).
+    pub fn keep(self) -> PathBuf {
+        let dir = self.0.clone();
+        std::mem::forget(self);
+        dir
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A fresh, empty scratch folder `calseg-{tag}-{pid}-{name}` for one test, under cargo's
+/// `CARGO_TARGET_TMPDIR` (inside `target/`, so `cargo clean` removes what a failed test
+/// left; nothing is written to the system's temporary folder).
+pub fn scratch_in(tag: &str, name: &str) -> Scratch {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("calseg-{tag}-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    Scratch(dir)
 }
 
 /// A path as `&str` (test paths are UTF-8).
