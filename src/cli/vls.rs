@@ -11,7 +11,7 @@ use calseg_vls::smooth::{
     CALIBRATION_FILE, Calibration, LatentSource, SmoothConfig, SmoothStats, calibrate_temperature,
     noise_target, smooth_case, write_soft_labels,
 };
-use calseg_vls::{VlsConfig, VlsError, VlsModel};
+use calseg_vls::{MixKind, VlsConfig, VlsError, VlsModel};
 use candle_core::Device;
 use clap::{Args, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
@@ -145,6 +145,16 @@ pub enum FromArg {
     Prior,
 }
 
+/// How `y_s^τ` enters the mix (`calseg_vls::MixKind`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MixArg {
+    /// `(1−α)·t(y) + α·y_s^τ`: the smoother's class distribution (the paper).
+    Classes,
+    /// `(1−α)·t(y) + α·(c·t(y) + (1−c)·(1−t(y))/(K−1))`, `c` the smoother's probability
+    /// of the label: per-voxel label smoothing whose amount the smoother sets.
+    Confidence,
+}
+
 /// Arguments of `calseg vls smooth`.
 #[derive(Args, Debug)]
 pub struct VlsSmoothArgs {
@@ -174,6 +184,9 @@ pub struct VlsSmoothArgs {
     /// Where the latent samples come from.
     #[arg(long, value_enum, default_value_t = FromArg::Posterior)]
     from: FromArg,
+    /// How `y_s^τ` enters the mix.
+    #[arg(long, value_enum, default_value_t = MixArg::Classes)]
+    mix: MixArg,
     /// Shard `i/n` (0-based i < n): only training cases whose index in the dataset's
     /// (sorted) training list is ≡ i mod n. Shards of one n together cover every case
     /// once and write non-colliding files, so they can run in parallel.
@@ -375,6 +388,10 @@ fn smooth(args: VlsSmoothArgs) -> CliResult {
         },
         seed: args.seed,
         batch: args.batch,
+        mix: match args.mix {
+            MixArg::Classes => MixKind::Classes,
+            MixArg::Confidence => MixKind::Confidence,
+        },
     };
     sc.validate().map_err(|e| bad(format!("options: {e}")))?;
     let mc = model.config().clone();

@@ -19,6 +19,7 @@
 //!           # calibrate = true (τ calibrated on the out-of-sample y_s: the cross-fitted maps of the
 //!           # training cases, or the validation part when crossfit = 0),
 //!           # tau = [2.0] (used when calibrate = false), from = "posterior", dice_tolerance = 0.02; lists → sweep on validation
+//!           # mix = "classes" (the paper's Y_s) or "confidence" (per-voxel label smoothing set by the smoother)
 //! [eval]    # bins = 15, hd95 = true, mask = "brainmask.nii.gz" (file or folder of CASE.nii.gz)
 //! [eval.shift]  # bias = 0.4, gamma = 1.3, contrast = 0.85, noise = 0.04 (a synthetic scanner shift of the test part)
 //! ```
@@ -28,9 +29,9 @@ use calseg_io::shift::ScannerShift;
 use calseg_seg::loss::{LossConfig, Method, NaclNorm, NaclWindow};
 use calseg_seg::net::UNetConfig;
 use calseg_seg::train::{Schedule, TrainerConfig};
-use calseg_vls::CalsegConfig;
 use calseg_vls::VlsConfig;
 use calseg_vls::smooth::LatentSource;
+use calseg_vls::{CalsegConfig, MixKind};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -267,6 +268,10 @@ pub struct CalsegParams {
     /// training slab smoothed by one that did not see it, τ calibrated on those maps;
     /// [`calseg_vls::crossfit`]).
     pub crossfit: usize,
+    /// How `y_s^τ` enters `Y_s`: `"classes"` (the paper's `(1−α)·y + α·y_s^τ`) or
+    /// `"confidence"` (only the smoother's confidence in the label, the rest spread
+    /// evenly; [`calseg_vls::MixKind`]).
+    pub mix: MixKind,
 }
 
 impl Default for CalsegParams {
@@ -281,6 +286,7 @@ impl Default for CalsegParams {
             dice_tolerance: c.dice_tolerance,
             calibrate: c.calibrate,
             crossfit: c.crossfit,
+            mix: c.mix,
         }
     }
 }
@@ -522,5 +528,16 @@ mod tests {
         assert!(ExperimentConfig::from_toml("[train]\nepohcs = 8\n").is_err());
         assert!(ExperimentConfig::from_toml("[net]\nbsae = 8\n").is_err());
         assert!(ExperimentConfig::from_toml("[trian]\nepochs = 1\n").is_err());
+    }
+
+    /// `[calseg] mix` takes the two spellings of `MixKind`; anything else is an error.
+    #[test]
+    fn the_calseg_mix_is_read_by_name() {
+        use calseg_vls::MixKind;
+        let c = ExperimentConfig::from_toml("[calseg]\nmix = \"confidence\"\n").unwrap();
+        assert_eq!(c.calseg.mix, MixKind::Confidence);
+        let c = ExperimentConfig::from_toml("[calseg]\nmix = \"classes\"\n").unwrap();
+        assert_eq!(c.calseg.mix, MixKind::Classes);
+        assert!(ExperimentConfig::from_toml("[calseg]\nmix = \"uniform\"\n").is_err());
     }
 }

@@ -507,6 +507,7 @@ impl<'a> Experiment<'a> {
             calibrate: c.calibrate,
             bins: self.cfg.eval.bins,
             crossfit: c.crossfit,
+            mix: c.mix,
         }
     }
 

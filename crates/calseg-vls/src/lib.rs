@@ -89,6 +89,7 @@ pub mod quality;
 pub mod smooth;
 
 pub use error::{Result, VlsError};
+pub use mix::MixKind;
 pub use model::{
     ACTIVE_KL, CONFIG_FILE, LatentMode, Posterior, VlsConfig, VlsModel, VlsOutput, WEIGHTS_FILE,
 };

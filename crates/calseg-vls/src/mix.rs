@@ -113,9 +113,114 @@ pub fn mix(labels: &ArrayViewD<'_, u32>, soft: &ArrayD<f32>, alpha: f64) -> Resu
     }
     spatial_matches(soft, labels)?;
     let k = soft.shape()[0];
-    let oh = one_hot(labels, k)?;
+    blend(&one_hot(labels, k)?, soft, alpha, MixKind::Classes)
+}
+
+/// How `y_s^τ` enters the mix with the anchor `t` (the one-hot label, or its label-noise
+/// smoothing; see [`crate::pipeline::anchored_mix`]).
+///
+/// ```text
+/// classes:     Y_s = (1 − α)·t + α·y_s^τ                                  (the paper)
+/// confidence:  Y_s = (1 − α)·t + α·( c·t + (1 − c)·(1 − t)/(K − 1) ),   c = Σ_k t_k·y_s,k^τ
+/// ```
+///
+/// `classes` takes the smoother's whole class distribution: where the smoother is wrong it
+/// moves target mass towards the *particular* class it confuses the voxel with.
+/// `confidence` takes only how sure the smoother is of the labelled class, `c`, and
+/// spreads the remaining mass evenly over the other classes, as label smoothing does —
+/// a per-voxel label smoothing whose amount the smoother sets. With a smoother that errs
+/// on data it did not see (cross-fitting), the confused class of `classes` is mostly the
+/// smoother's own error and costs the segmentation net Dice; `confidence` keeps where and
+/// how much to smooth and drops that error (calseg-vls README, "Confidence mix").
+/// Both keep `Σ_k Y_s,k = 1`, and for `α ≤ ½` and a one-hot `t` both keep the hard label the
+/// argmax.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MixKind {
+    /// `(1 − α)·t + α·y_s^τ` — the paper's mix.
+    #[default]
+    Classes,
+    /// `(1 − α)·t + α·(c·t + (1 − c)·(1 − t)/(K − 1))` with `c = Σ_k t_k·y_s,k^τ`.
+    Confidence,
+}
+
+impl MixKind {
+    /// The name used in configuration files and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            MixKind::Classes => "classes",
+            MixKind::Confidence => "confidence",
+        }
+    }
+}
+
+impl std::str::FromStr for MixKind {
+    type Err = VlsError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "classes" => Ok(MixKind::Classes),
+            "confidence" => Ok(MixKind::Confidence),
+            other => Err(VlsError::Config(format!(
+                "unknown mix {other:?} (expected classes or confidence)"
+            ))),
+        }
+    }
+}
+
+/// The mix of an anchor `t (K, *spatial)` and a tempered soft map `y_tau` of the same
+/// shape with weight `α ∈ [0, 1]`, as [`MixKind`] says.
+///
+/// # Errors
+/// [`VlsError::Config`] for α outside [0, 1]; [`VlsError::Shape`] for maps of different
+/// shapes, or `K < 2` with [`MixKind::Confidence`] (no other class to spread mass over).
+pub fn blend(
+    t: &ArrayD<f32>,
+    y_tau: &ArrayD<f32>,
+    alpha: f64,
+    kind: MixKind,
+) -> Result<ArrayD<f32>> {
+    if !(0.0..=1.0).contains(&alpha) {
+        return Err(VlsError::Config(format!(
+            "alpha must be in [0, 1], got {alpha}"
+        )));
+    }
+    if t.shape() != y_tau.shape() {
+        return Err(VlsError::Shape(format!(
+            "anchor {:?} and soft map {:?} differ in shape",
+            t.shape(),
+            y_tau.shape()
+        )));
+    }
     let a = alpha as f32;
-    Ok(oh * (1.0 - a) + soft * a)
+    match kind {
+        MixKind::Classes => Ok(t * (1.0 - a) + y_tau * a),
+        MixKind::Confidence => {
+            let (td, k, v) = classes_voxels(t)?;
+            let (yd, _, _) = classes_voxels(y_tau)?;
+            if k < 2 {
+                return Err(VlsError::Shape(format!(
+                    "the confidence mix needs at least 2 classes, got {k}"
+                )));
+            }
+            let rest = 1.0 / (k - 1) as f32;
+            let mut out = vec![0.0f32; k * v];
+            // Class-major output: one pass for c, one per class for the values.
+            let c: Vec<f32> = (0..v)
+                .into_par_iter()
+                .map(|i| (0..k).map(|j| td[j * v + i] * yd[j * v + i]).sum())
+                .collect();
+            out.par_chunks_mut(v.max(1))
+                .enumerate()
+                .for_each(|(j, row)| {
+                    let tj = &td[j * v..(j + 1) * v];
+                    for ((o, &tt), &ci) in row.iter_mut().zip(tj).zip(&c) {
+                        *o = (1.0 - a) * tt + a * (ci * tt + (1.0 - ci) * (1.0 - tt) * rest);
+                    }
+                });
+            ArrayD::from_shape_vec(IxDyn(t.shape()), out)
+                .map_err(|e| VlsError::Shape(e.to_string()))
+        }
+    }
 }
 
 /// Mean Shannon entropy (nats) per voxel of a probability map `(K, *spatial)`.

@@ -45,7 +45,7 @@
 
 use crate::crossfit;
 use crate::error::{Result, VlsError};
-use crate::mix;
+use crate::mix::{self, MixKind};
 use crate::model::{CONFIG_FILE, VlsConfig, VlsModel};
 use crate::smooth::{
     Calibration, CalibrationItem, LatentSource, SmoothConfig, SoftLabels, calibrate_maps,
@@ -103,6 +103,9 @@ pub struct CalsegConfig {
     /// `k ≥ 2`: [`crate::crossfit`] — `k` smoothers, each training case smoothed by one
     /// that did not see it, and τ calibrated on those out-of-sample maps).
     pub crossfit: usize,
+    /// How `y_s^τ` enters `Y_s` ([`MixKind`]: the paper's class mix, or the confidence
+    /// mix — a per-voxel label smoothing whose amount the smoother sets).
+    pub mix: MixKind,
 }
 
 /// The training budget every CALSeg stage uses by default: 40 epochs of 8 samples,
@@ -158,6 +161,7 @@ impl Default for CalsegConfig {
             dice_tolerance: 0.02,
             bins: calseg_metrics::edges::DEFAULT_BINS,
             crossfit: 2,
+            mix: MixKind::Classes,
         }
     }
 }
@@ -499,7 +503,7 @@ impl Calseg {
             let labels = case.label.as_ref().ok_or_else(|| {
                 VlsError::Config(format!("case {:?} has no label map to smooth", case.id))
             })?;
-            let soft = anchored_mix(&smoothers[0].model, case, &y_s, 1.0, 1.0)?;
+            let soft = anchored_mix(&smoothers[0].model, case, &y_s, 1.0, 1.0, MixKind::Classes)?;
             let stats = crate::smooth::SmoothStats {
                 case: case.id.clone(),
                 voxels: labels.len(),
@@ -714,7 +718,7 @@ impl Calseg {
             .zip(y_s)
             .map(|(c, y)| {
                 let mut out = c.clone();
-                out.soft_label = Some(anchored_mix(smoother, c, y, alpha, tau)?);
+                out.soft_label = Some(anchored_mix(smoother, c, y, alpha, tau, self.cfg.mix)?);
                 Ok(out)
             })
             .collect()
@@ -767,7 +771,12 @@ impl Calseg {
         let val_cases: Vec<Case> = val.iter().map(|v| v.case.clone()).collect();
         let mut tried: Vec<(SweepPoint, FittedNet)> = Vec::new();
         for &(alpha, tau) in settings {
-            let tag = format!("a{alpha}_t{tau}");
+            // The mix is part of the folder's name: `write_targets` keeps the files of a
+            // folder that exists (a resumed run), so different mixes must not share one.
+            let tag = match self.cfg.mix {
+                MixKind::Classes => format!("a{alpha}_t{tau}"),
+                kind => format!("a{alpha}_t{tau}_{}", kind.name()),
+            };
             let name = if several {
                 format!("calseg_{tag}")
             } else {
@@ -776,7 +785,7 @@ impl Calseg {
             let net = match dir {
                 Some(d) => {
                     let sdir = d.join("softlabels").join(&tag);
-                    write_targets(smoother, &sdir, train, y_s, alpha, tau)?;
+                    write_targets(smoother, &sdir, train, y_s, alpha, tau, self.cfg.mix)?;
                     let mdir = d.join("models").join(&name);
                     recipe.fit(
                         &name,
@@ -915,6 +924,7 @@ pub fn anchored_mix(
     y_s: &ndarray::ArrayD<f32>,
     alpha: f64,
     tau: f64,
+    kind: MixKind,
 ) -> Result<ndarray::ArrayD<f32>> {
     let labels = case
         .label
@@ -930,8 +940,7 @@ pub fn anchored_mix(
             anchor.shape()
         )));
     }
-    let a = alpha as f32;
-    Ok(anchor * (1.0 - a) + y_tau * a)
+    mix::blend(&anchor, &y_tau, alpha, kind)
 }
 
 /// Writes `Y_s` of every case to `dir/CASE.safetensors` (tensor `soft_labels`), keeping
@@ -943,6 +952,7 @@ fn write_targets(
     y_s: &[ndarray::ArrayD<f32>],
     alpha: f64,
     tau: f64,
+    kind: MixKind,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|source| {
         VlsError::Io(calseg_io::IoError::Io {
@@ -958,7 +968,7 @@ fn write_targets(
                 &path,
                 &[NamedTensor::new(
                     "soft_labels",
-                    &anchored_mix(smoother, c, y, alpha, tau)?,
+                    &anchored_mix(smoother, c, y, alpha, tau, kind)?,
                 )],
             )?;
         }

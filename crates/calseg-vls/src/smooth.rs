@@ -26,7 +26,7 @@
 //! multiple of [`VlsConfig::multiple`](crate::VlsConfig::multiple) and cropped back.
 
 use crate::error::{Result, VlsError};
-use crate::mix::{label_disagreement, mean_entropy, temperature};
+use crate::mix::{MixKind, label_disagreement, mean_entropy, temperature};
 use crate::model::VlsModel;
 use calseg_io::{Case, Geometry, NamedTensor, write_nifti_probs, write_safetensors};
 use calseg_seg::convert::array_to_tensor;
@@ -77,6 +77,8 @@ pub struct SmoothConfig {
     pub seed: u64,
     /// 2D model on a 3D case: slices per forward pass (≥ 1).
     pub batch: usize,
+    /// How `y_s^τ` enters the mix ([`MixKind`]; the paper's class mix by default).
+    pub mix: MixKind,
 }
 
 impl Default for SmoothConfig {
@@ -88,6 +90,7 @@ impl Default for SmoothConfig {
             from: LatentSource::Posterior,
             seed: 0,
             batch: 8,
+            mix: MixKind::Classes,
         }
     }
 }
@@ -175,7 +178,7 @@ pub fn smooth_case(model: &VlsModel, case: &Case, cfg: &SmoothConfig) -> Result<
     c.seed = case_seed(cfg.seed, &case.id);
     let (y_s, sample_variance) = smooth_volume(model, &image, labels, &c)?;
     let y_tau = temperature(&y_s, cfg.tau)?;
-    let soft = crate::pipeline::anchored_mix(model, case, &y_s, cfg.alpha, cfg.tau)?;
+    let soft = crate::pipeline::anchored_mix(model, case, &y_s, cfg.alpha, cfg.tau, cfg.mix)?;
     let stats = SmoothStats {
         case: case.id.clone(),
         voxels: labels.len(),

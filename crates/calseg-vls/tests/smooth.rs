@@ -4,7 +4,9 @@
 use approx::assert_abs_diff_eq;
 use calseg_io::phantom::{PhantomConfig, generate};
 use calseg_io::{Case, Geometry};
-use calseg_vls::mix::{label_disagreement, mean_entropy, mix, one_hot, temperature};
+use calseg_vls::mix::{
+    MixKind, blend, label_disagreement, mean_entropy, mix, one_hot, temperature,
+};
 use calseg_vls::smooth::{
     LatentSource, SmoothConfig, smooth_case, smooth_volume, write_soft_labels,
 };
@@ -288,6 +290,59 @@ fn one_hot_and_mix_values() {
     assert_abs_diff_eq!(m[[0, 0]], 0.7 + 0.1, epsilon = 1e-6);
     assert_abs_diff_eq!(m[[1, 0]], 0.1, epsilon = 1e-6);
     assert!(one_hot(&lab.view(), 2).is_err());
+}
+
+/// The confidence mix keeps the smoother's confidence in the label and spreads the rest
+/// evenly: hand-computed values, rows summing to one, the hard label kept for α ≤ ½ even
+/// where the smoother is sure of another class, and the class mix for comparison.
+#[test]
+fn confidence_mix_spreads_the_doubt_evenly() {
+    // Two voxels, K = 3; labels 0 and 2.
+    let lab = ArrayD::from_shape_vec(IxDyn(&[2]), vec![0u32, 2]).unwrap();
+    let t = one_hot(&lab.view(), 3).unwrap();
+    // y_tau (class-major): voxel 0 = (0.6, 0.4, 0.0), voxel 1 = (0.0, 1.0, 0.0).
+    let y = ArrayD::from_shape_vec(IxDyn(&[3, 2]), vec![0.6f32, 0.0, 0.4, 1.0, 0.0, 0.0]).unwrap();
+    let a = 0.5;
+    let conf = blend(&t, &y, a, MixKind::Confidence).unwrap();
+    // Voxel 0: c = 0.6 → label 0.5 + 0.5·0.6 = 0.8, others 0.5·0.4/2 = 0.1 each.
+    assert_abs_diff_eq!(conf[[0, 0]], 0.8, epsilon = 1e-6);
+    assert_abs_diff_eq!(conf[[1, 0]], 0.1, epsilon = 1e-6);
+    assert_abs_diff_eq!(conf[[2, 0]], 0.1, epsilon = 1e-6);
+    // Voxel 1: c = 0 → label 0.5, others 0.25 each: the smoother's confusion with class 1
+    // is not passed on, and the label stays the argmax.
+    assert_abs_diff_eq!(conf[[2, 1]], 0.5, epsilon = 1e-6);
+    assert_abs_diff_eq!(conf[[0, 1]], 0.25, epsilon = 1e-6);
+    assert_abs_diff_eq!(conf[[1, 1]], 0.25, epsilon = 1e-6);
+    sums_to_one(&conf);
+    assert_eq!(label_disagreement(&conf, &lab.view()).unwrap(), 0.0);
+    // The class mix of the same inputs moves the doubt to class 1 (a tie at α = ½).
+    let classes = blend(&t, &y, a, MixKind::Classes).unwrap();
+    assert_abs_diff_eq!(classes[[1, 1]], 0.5, epsilon = 1e-6);
+    assert_abs_diff_eq!(classes[[0, 1]], 0.0, epsilon = 1e-6);
+    assert_eq!(classes, mix(&lab.view(), &y, a).unwrap());
+    // A soft (label-noise) anchor still gives distributions.
+    let soft_t = blend(&t, &y, 0.5, MixKind::Classes).unwrap();
+    sums_to_one(&blend(&soft_t, &y, 0.3, MixKind::Confidence).unwrap());
+    // Bad input: α outside [0, 1], shapes that differ, a single class.
+    assert!(matches!(
+        blend(&t, &y, 1.5, MixKind::Confidence),
+        Err(VlsError::Config(_))
+    ));
+    let y2 = ArrayD::from_elem(IxDyn(&[3, 3]), 1.0f32 / 3.0);
+    assert!(matches!(
+        blend(&t, &y2, 0.5, MixKind::Confidence),
+        Err(VlsError::Shape(_))
+    ));
+    let one = ArrayD::from_elem(IxDyn(&[1, 2]), 1.0f32);
+    assert!(matches!(
+        blend(&one, &one, 0.5, MixKind::Confidence),
+        Err(VlsError::Shape(_))
+    ));
+    // Names round-trip through the configuration spelling.
+    for k in [MixKind::Classes, MixKind::Confidence] {
+        assert_eq!(k.name().parse::<MixKind>().unwrap(), k);
+    }
+    assert!("uniform".parse::<MixKind>().is_err());
 }
 
 /// The label-noise target: one-hot for σ = 0, the SVLS smoothing otherwise (a
