@@ -20,7 +20,7 @@ depth = 2
 epochs = 2
 iters_per_epoch = 2
 batch_size = 4
-validate_every = 0
+validate_every = 1
 [vls]
 base = 4
 enc_base = 4
@@ -83,6 +83,12 @@ fn experiment_end_to_end_and_resumable() {
         assert!(r.get("hd95_mean_fg").is_some());
         let ece = r["ece"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&ece), "{m}: ece {ece}");
+        // The convergence record is found for every net (CALSeg's chosen net of a sweep
+        // included, whose folder name carries its setting).
+        assert!(
+            r["extra"]["val_dice_final"].is_number(),
+            "{m}: no validation-Dice record: {r}"
+        );
     }
     // Split by cases (4 cases, min_cases 3): one test case, validation out of the rest.
     assert_eq!(json["split"]["kind"], "held-out cases");

@@ -553,11 +553,11 @@ impl<'a> Experiment<'a> {
                     quality = self.soft_label_quality(p, &run)?;
                     tuned.insert("calseg".into(), self.calseg_info(p, &run)?);
                     let mut r = self.score(name, &run.net.model, None, p, run.train_seconds())?;
-                    let net = if run.sweep.len() > 1 {
-                        format!("calseg_a{}_t{}", run.choice.alpha, run.choice.tau)
-                    } else {
-                        "calseg".to_string()
-                    };
+                    let net = self.calseg_config(p).net_name(
+                        run.choice.alpha,
+                        run.choice.tau,
+                        run.sweep.len() > 1,
+                    );
                     convergence(&mut r, "", &dir.join("models").join(net));
                     convergence(&mut r, "smoother_", &dir.join("vls"));
                     r

@@ -193,6 +193,26 @@ impl CalsegConfig {
             .collect()
     }
 
+    /// The name of one (α, τ) setting: the folder of its `Y_s` under `softlabels/`. The
+    /// mix is part of it: the targets of a folder that exists are kept (a resumed run),
+    /// so different mixes must not share one.
+    pub fn setting_tag(&self, alpha: f64, tau: f64) -> String {
+        match self.mix {
+            MixKind::Classes => format!("a{alpha}_t{tau}"),
+            kind => format!("a{alpha}_t{tau}_{}", kind.name()),
+        }
+    }
+
+    /// The name of the net of one (α, τ) setting, its folder under `models/`: `calseg`
+    /// when it is the only setting, `calseg_{tag}` in a sweep of `several`.
+    pub fn net_name(&self, alpha: f64, tau: f64, several: bool) -> String {
+        if several {
+            format!("calseg_{}", self.setting_tag(alpha, tau))
+        } else {
+            "calseg".to_string()
+        }
+    }
+
     /// Every (α, τ) with τ fixed to a calibrated value.
     pub fn settings_at(&self, tau: f64) -> Vec<(f64, f64)> {
         self.alpha.iter().map(|&a| (a, tau)).collect()
@@ -774,17 +794,8 @@ impl Calseg {
         let val_cases: Vec<Case> = val.iter().map(|v| v.case.clone()).collect();
         let mut tried: Vec<(SweepPoint, FittedNet)> = Vec::new();
         for &(alpha, tau) in settings {
-            // The mix is part of the folder's name: `write_targets` keeps the files of a
-            // folder that exists (a resumed run), so different mixes must not share one.
-            let tag = match self.cfg.mix {
-                MixKind::Classes => format!("a{alpha}_t{tau}"),
-                kind => format!("a{alpha}_t{tau}_{}", kind.name()),
-            };
-            let name = if several {
-                format!("calseg_{tag}")
-            } else {
-                "calseg".to_string()
-            };
+            let tag = self.cfg.setting_tag(alpha, tau);
+            let name = self.cfg.net_name(alpha, tau, several);
             let net = match dir {
                 Some(d) => {
                     let sdir = d.join("softlabels").join(&tag);
