@@ -19,7 +19,7 @@
 //!           # calibrate = true (τ calibrated on the out-of-sample y_s: the cross-fitted maps of the
 //!           # training cases, or the validation part when crossfit = 0),
 //!           # tau = [2.0] (used when calibrate = false), from = "posterior", dice_tolerance = 0.02; lists → sweep on validation
-//!           # mix = "confidence" (per-voxel label smoothing set by the smoother; "classes": the paper's Y_s)
+//!           # mix = "classes" (the paper's Y_s) or "confidence" (per-voxel label smoothing set by the smoother)
 //! [eval]    # bins = 15, hd95 = true, mask = "brainmask.nii.gz" (file or folder of CASE.nii.gz)
 //! [eval.shift]  # bias = 0.4, gamma = 1.3, contrast = 0.85, noise = 0.04 (a synthetic scanner shift of the test part)
 //! ```

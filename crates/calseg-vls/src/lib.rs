@@ -20,7 +20,7 @@
 //! 3. **Soft labels** ([`smooth`], [`mix`]): trunk once per image, m latent samples
 //!    through the heads only, `y_s` = mean softmax, `y_s^τ = softmax(log(y_s)/τ)`,
 //!    `Y_s = (1−α)·y + α·y_s^τ` (the paper's class mix) or, with
-//!    [`MixKind::Confidence`] (the pipeline's default), `Y_s = (1−α)·y + α·(c·y +
+//!    [`MixKind::Confidence`] (an option, measured in the README), `Y_s = (1−α)·y + α·(c·y +
 //!    (1−c)·(1−y)/(K−1))` with `c` the smoother's probability of the label — a per-voxel
 //!    label smoothing whose amount the smoother sets; written per case as safetensors +
 //!    NIfTI. τ and α

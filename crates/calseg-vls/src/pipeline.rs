@@ -105,9 +105,8 @@ pub struct CalsegConfig {
     pub crossfit: usize,
     /// How `y_s^τ` enters `Y_s` ([`MixKind`]: the paper's class mix, or the confidence
     /// mix — a per-voxel label smoothing whose amount the smoother sets). Default
-    /// [`MixKind::Confidence`]: with cross-fitted smoothers it matched the class mix's
-    /// calibration and kept more Dice, on the development split (validation data only)
-    /// as on the demo's (calseg-vls README, "Confidence mix").
+    /// [`MixKind::Classes`], the paper's: on the development split (validation data only)
+    /// the confidence mix was not better (calseg-vls README, "Confidence mix").
     pub mix: MixKind,
 }
 
@@ -164,7 +163,7 @@ impl Default for CalsegConfig {
             dice_tolerance: 0.02,
             bins: calseg_metrics::edges::DEFAULT_BINS,
             crossfit: 2,
-            mix: MixKind::Confidence,
+            mix: MixKind::Classes,
         }
     }
 }
