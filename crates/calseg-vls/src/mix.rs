@@ -130,8 +130,10 @@ pub fn mix(labels: &ArrayViewD<'_, u32>, soft: &ArrayD<f32>, alpha: f64) -> Resu
 /// spreads the remaining mass evenly over the other classes, as label smoothing does —
 /// a per-voxel label smoothing whose amount the smoother sets. With a smoother that errs
 /// on data it did not see (cross-fitting), the confused class of `classes` is mostly the
-/// smoother's own error and costs the segmentation net Dice; `confidence` keeps where and
-/// how much to smooth and drops that error (calseg-vls README, "Confidence mix").
+/// smoother's own error; `confidence` keeps where and how much to smooth and drops it.
+/// Measured (calseg-vls README, "Confidence mix"): +0.016 Dice at the same or lower ECE on
+/// the demo's test slab, a tie on the development split and on validation — so `classes`
+/// stays the default.
 /// Both keep `Σ_k Y_s,k = 1`, and for `α ≤ ½` and a one-hot `t` both keep the hard label the
 /// argmax.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
