@@ -221,6 +221,7 @@ fn bad_smoothing_options_exit_2() {
         (["--samples", "0"], "samples"),
         (["--shard", "2/2"], "--shard"),
         (["--shard", "0/0"], "--shard"),
+        (["--mix", "uniform"], "unknown mix"),
     ] {
         let mut args = base.to_vec();
         args.extend(extra);

@@ -145,16 +145,6 @@ pub enum FromArg {
     Prior,
 }
 
-/// How `y_s^τ` enters the mix (`calseg_vls::MixKind`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum MixArg {
-    /// `(1−α)·t(y) + α·y_s^τ`: the smoother's class distribution (the paper).
-    Classes,
-    /// `(1−α)·t(y) + α·(c·t(y) + (1−c)·(1−t(y))/(K−1))`, `c` the smoother's probability
-    /// of the label: per-voxel label smoothing whose amount the smoother sets.
-    Confidence,
-}
-
 /// Arguments of `calseg vls smooth`.
 #[derive(Args, Debug)]
 pub struct VlsSmoothArgs {
@@ -184,9 +174,11 @@ pub struct VlsSmoothArgs {
     /// Where the latent samples come from.
     #[arg(long, value_enum, default_value_t = FromArg::Posterior)]
     from: FromArg,
-    /// How `y_s^τ` enters the mix.
-    #[arg(long, value_enum, default_value_t = MixArg::Classes)]
-    mix: MixArg,
+    /// How `y_s^τ` enters the mix: `classes`, (1−α)·t(y) + α·y_s^τ (the paper), or
+    /// `confidence`, (1−α)·t(y) + α·(c·t(y) + (1−c)·(1−t(y))/(K−1)) with c the smoother's
+    /// probability of the label (per-voxel label smoothing set by the smoother).
+    #[arg(long, default_value = "classes")]
+    mix: MixKind,
     /// Shard `i/n` (0-based i < n): only training cases whose index in the dataset's
     /// (sorted) training list is ≡ i mod n. Shards of one n together cover every case
     /// once and write non-colliding files, so they can run in parallel.
@@ -388,10 +380,7 @@ fn smooth(args: VlsSmoothArgs) -> CliResult {
         },
         seed: args.seed,
         batch: args.batch,
-        mix: match args.mix {
-            MixArg::Classes => MixKind::Classes,
-            MixArg::Confidence => MixKind::Confidence,
-        },
+        mix: args.mix,
     };
     sc.validate().map_err(|e| bad(format!("options: {e}")))?;
     let mc = model.config().clone();
