@@ -15,7 +15,7 @@
 //! [loss]    # the losses' own defaults: ls_eps = 0.1, focal_gamma = 3, svls_sigma = 1, mbls_margin = 5, …, dice_weight = 0
 //! [vls]     # VlsConfig of the variational label smoother
 //! [vls_train]  # its TrainerConfig
-//! [calseg]  # samples = 16, alpha = [0.25], crossfit = 2 (2 cross-fitted smoothers; 0: one),
+//! [calseg]  # samples = 16, alpha = [0.25], crossfit = 0 (one smoother; k ≥ 2: k cross-fitted ones),
 //!           # calibrate = true (τ calibrated on the out-of-sample y_s: the cross-fitted maps of the
 //!           # training cases, or the validation part when crossfit = 0),
 //!           # tau = [2.0] (used when calibrate = false), from = "posterior", dice_tolerance = 0.02; lists → sweep on validation
@@ -454,13 +454,13 @@ impl Reported {
 ///   at 450 steps one seed in three never learned the thin CSF class (CE, LS, SVLS, …:
 ///   CSF Dice 0, validation Dice still rising for CALSeg and SVLS); at 900 every method
 ///   finds CSF and validation Dice is flat over the last quarter;
-/// - the smoother: the paper's hard target (`target_sigma = 0`), CE + Dice, 450 steps;
-/// - CALSeg with **cross-fitted** soft labels (`crossfit = 2`): two smoothers, each on
-///   one half of the training slab, each half smoothed by the smoother that did not see
-///   it; τ calibrated on those out-of-sample maps against the hard training labels; α
-///   from {0.25, 0.5} by validation ECE (Dice guard 0.02). Without cross-fitting the
-///   smoother's in-sample `y_s` is confident wherever it fitted, and the CALSeg net
-///   inherits that confidence.
+/// - the smoother: the label-noise likelihood (`target_sigma = 1`: its head learns the
+///   SVLS smoothing `t(y)` of the labels, its Dice term the hard labels), 450 steps;
+/// - CALSeg with **one** smoother, τ calibrated on the validation slab against `t(y)`,
+///   `Y_s = (1−α)·t(y) + α·y_s^τ`, α from {0.25, 0.5} by validation ECE (Dice guard
+///   0.02). This design was chosen by the experiment's own rule on a development split
+///   that never reads the test slab (calseg-vls README); cross-fitting (`crossfit = 2`),
+///   which calibrated better on the demo's test slab, was not confirmed there.
 pub fn demo() -> ExperimentConfig {
     let mut c = ExperimentConfig::default();
     c.net.base = 8;
@@ -474,10 +474,8 @@ pub fn demo() -> ExperimentConfig {
     c.vls_train.lr = 3e-3;
     c.train.validate_every = 3;
     c.vls_train.validate_every = 3;
-    // The paper's hard target for the smoother: at this budget (33 training slices) a
-    // smoother trained on the label-noise target never predicted the thin CSF class.
-    c.vls.target_sigma = 0.0;
-    c.calseg.crossfit = 2;
+    c.vls.target_sigma = 1.0;
+    c.calseg.crossfit = 0;
     c.calseg.calibrate = true;
     c.calseg.alpha = vec![0.25, 0.5];
     c

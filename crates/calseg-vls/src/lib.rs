@@ -30,7 +30,9 @@
 //!    training case (or slab) smoothed by the one that did not train on it, and τ
 //!    calibrated on those out-of-sample maps, so that `Y_s` carries the confidence a
 //!    model has on data it has not seen — what the segmentation net's confidence should
-//!    mean on a new scan. `calseg demo` uses it (the calseg-vls README has the evidence).
+//!    mean on a new scan. An option: it calibrated best on the demo's test slab, but a
+//!    development split (validation data only) did not confirm it, so the default is one
+//!    label-noise smoother (the README has the evidence).
 //! 5. **Quality** ([`quality`]): TV distance to true probabilities, and the baselines
 //!    (hard, uniform LS, SVLS) for the comparison on the embedded ICBM152 template.
 //!
