@@ -90,7 +90,18 @@ pub struct VlsTrainArgs {
     /// Latent samples m of the validation soft labels used to calibrate τ.
     #[arg(long, default_value_t = 16)]
     calib_samples: usize,
+    /// 3D smoother (`--dims 3` on volumes): the training patch, e.g. 48,48,48 (each a
+    /// multiple of 2^max(depth, enc-levels − 1)); `calseg vls smooth` then runs windows
+    /// of this size. Default 48,48,48 with --dims 3; an epoch is then `--iters-per-epoch`
+    /// steps (default 10) of random, foreground-oversampled patches.
+    #[arg(long, value_delimiter = ',')]
+    patch: Option<Vec<usize>>,
 }
+
+/// Default 3D patch of `calseg vls train --dims 3`.
+const DEFAULT_PATCH_3D: [usize; 3] = [48, 48, 48];
+/// Default optimiser steps per epoch of patch training.
+const DEFAULT_PATCH_ITERS: usize = 10;
 
 /// The training flags of `calseg vls train`: those of `calseg train`, with the
 /// smoother's own defaults. 30 epochs at lr 3e-3 (≈ 270 AdamW steps of 8 slices on the
@@ -210,8 +221,19 @@ fn vls_err(e: VlsError) -> CliError {
 }
 
 fn train(args: VlsTrainArgs) -> CliResult {
-    let run = args.run.shared();
+    let mut run = args.run.shared();
     run.check()?;
+    if args.patch.is_some() && args.dims != 3 {
+        return Err(bad("--patch is for 3D smoothers (--dims 3)"));
+    }
+    let patch = (args.dims == 3).then(|| {
+        args.patch
+            .clone()
+            .unwrap_or_else(|| DEFAULT_PATCH_3D.to_vec())
+    });
+    if patch.is_some() && run.iters_per_epoch.is_none() {
+        run.iters_per_epoch = Some(DEFAULT_PATCH_ITERS);
+    }
     let device = args.device.open()?;
     let ds = open_dataset(&args.data)?;
     let cfg = VlsConfig {
@@ -228,6 +250,7 @@ fn train(args: VlsTrainArgs) -> CliResult {
         lambda_rec: args.lambda_rec,
         target_sigma: args.target_sigma,
         volume_target: args.volume_target,
+        patch: patch.clone(),
         ..VlsConfig::default()
     };
     cfg.validate().map_err(|e| {
@@ -243,7 +266,8 @@ fn train(args: VlsTrainArgs) -> CliResult {
         .unwrap_or(0);
     // `smooth_case` runs a 2D model on volumes slice by slice along the last axis:
     // train it on those slices.
-    let (train_layout, val_layout, _) = layouts(args.dims, nsp, nsp.saturating_sub(1), None)?;
+    let (train_layout, val_layout, _) =
+        layouts(args.dims, nsp, nsp.saturating_sub(1), patch.as_ref())?;
     // A 2D smoother with a volume label-noise target gets it as the slices' soft
     // target (computed here from the hard labels; a batch of slices cannot see its
     // neighbours); otherwise the model smooths the one-hot targets itself.

@@ -122,6 +122,14 @@ pub struct VlsConfig {
     /// slices cannot see its neighbours; a one-hot batch is still smoothed in-plane.
     /// Default false.
     pub volume_target: bool,
+    /// A 3D model trained on patches of this size (`calseg vls train --dims 3 --patch`):
+    /// it then smooths volumes window by window — windows of this
+    /// size overlapping by ½, each with its own posterior, `y_s` blended with a Gaussian
+    /// importance map (nnU-Net's sliding window) — so that every forward pass sees what
+    /// training saw (normalisation statistics, the posterior encoder's global mean).
+    /// Each size a multiple of [`multiple`](Self::multiple). Default `None`: whole
+    /// volumes (and 2D models).
+    pub patch: Option<Vec<usize>>,
 }
 
 impl Default for VlsConfig {
@@ -147,6 +155,7 @@ impl Default for VlsConfig {
             latent_mode: LatentMode::Global,
             target_sigma: 1.0,
             volume_target: false,
+            patch: None,
         }
     }
 }
@@ -189,6 +198,16 @@ impl VlsConfig {
             return bad(format!(
                 "logvar_clamp must be finite with lo < hi, got {lo}, {hi}"
             ));
+        }
+        if let Some(p) = &self.patch {
+            let m = self.multiple();
+            if self.dims != 3 || p.len() != 3 || p.iter().any(|&s| s == 0 || s % m != 0) {
+                return bad(format!(
+                    "patch {p:?}: a patch is for a 3D model (dims = 3, here {}) and needs 3 \
+                     sizes, each a positive multiple of {m}",
+                    self.dims
+                ));
+            }
         }
         Ok(())
     }

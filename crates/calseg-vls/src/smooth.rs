@@ -225,6 +225,11 @@ pub fn smooth_volume(
         )));
     }
     let nd = labels.ndim();
+    if let Some(patch) = &mc.patch
+        && nd == 3
+    {
+        return smooth_windows(model, image, labels, patch, cfg);
+    }
     // Stacks (B, C, *sp2) and (B, *sp2) the model runs on.
     let (imgs, labs, sliced) = if nd == mc.dims {
         (
@@ -277,6 +282,94 @@ pub fn smooth_volume(
     Ok((y_s, sample_variance))
 }
 
+/// Overlap of neighbouring windows of [`smooth_windows`] (nnU-Net's ½).
+const WINDOW_OVERLAP: f64 = 0.5;
+
+/// `y_s` and the mean sample variance of a volume under a 3D model trained on patches
+/// ([`crate::VlsConfig::patch`]), so that every forward pass sees a patch-sized input as
+/// in training: the volume is zero-padded to at least the patch
+/// per axis, cut into windows of the patch size overlapping by [`WINDOW_OVERLAP`]
+/// ([`calseg_seg::infer::window_starts`]), each window smoothed on its own (its own
+/// posterior and latent noise, seeded from `(cfg.seed, window index)`), and the windows'
+/// `y_s` and variances blended with the Gaussian importance map of the patch
+/// ([`calseg_seg::infer::gaussian_weights`], σ = patch/8): a convex combination per
+/// voxel, so `y_s` still sums to 1 over the classes.
+fn smooth_windows(
+    model: &VlsModel,
+    image: &ArrayD<f32>,
+    labels: &ArrayD<u32>,
+    patch: &[usize],
+    cfg: &SmoothConfig,
+) -> Result<(ArrayD<f32>, f64)> {
+    use calseg_seg::infer::{gaussian_weights, window_starts};
+    let sp = labels.shape().to_vec();
+    let full: Vec<usize> = sp.iter().zip(patch).map(|(&s, &p)| s.max(p)).collect();
+    let x = pad_to_shape(image.view(), 1, &full, 0.0f32);
+    let y = pad_to_shape(labels.view(), 0, &full, 0u32);
+    let starts: Vec<Vec<usize>> = full
+        .iter()
+        .zip(patch)
+        .map(|(&s, &p)| window_starts(s, p, WINDOW_OVERLAP))
+        .collect();
+    let weight = gaussian_weights(patch, 0.125);
+    let k = model.config().classes;
+    let mut kshape = vec![k];
+    kshape.extend_from_slice(&full);
+    let mut acc = ArrayD::<f32>::zeros(IxDyn(&kshape));
+    let mut acc_var = ArrayD::<f32>::zeros(IxDyn(&full));
+    let mut wsum = ArrayD::<f32>::zeros(IxDyn(&full));
+    let win = |o: [usize; 3], lead: usize| {
+        move |ax: ndarray::AxisDescription| {
+            let i = ax.axis.index();
+            if i < lead {
+                Slice::from(..)
+            } else {
+                Slice::from(o[i - lead]..o[i - lead] + patch[i - lead])
+            }
+        }
+    };
+    let mut index = 0usize;
+    for &o0 in &starts[0] {
+        for &o1 in &starts[1] {
+            for &o2 in &starts[2] {
+                let o = [o0, o1, o2];
+                let xi = x.slice_each_axis(win(o, 1)).insert_axis(Axis(0));
+                let yi = y.slice_each_axis(win(o, 0)).insert_axis(Axis(0));
+                let mut rng = [StdRng::seed_from_u64(image_seed(cfg.seed, index))];
+                let (m, v) = smooth_batch(model, xi, yi, cfg, &mut rng)?;
+                let m = m.index_axis_move(Axis(0), 0);
+                let v = v.index_axis_move(Axis(0), 0);
+                let mut a = acc.slice_each_axis_mut(win(o, 1));
+                for (mut ac, mc) in a.outer_iter_mut().zip(m.outer_iter()) {
+                    ac.zip_mut_with(&(&mc * &weight), |s, &t| *s += t);
+                }
+                acc_var
+                    .slice_each_axis_mut(win(o, 0))
+                    .zip_mut_with(&(&v * &weight), |s, &t| *s += t);
+                wsum.slice_each_axis_mut(win(o, 0))
+                    .zip_mut_with(&weight, |s, &t| *s += t);
+                index += 1;
+            }
+        }
+    }
+    let crop = |ax: ndarray::AxisDescription, lead: usize| {
+        let i = ax.axis.index();
+        if i < lead {
+            Slice::from(..)
+        } else {
+            Slice::from(0..sp[i - lead])
+        }
+    };
+    let wsum = wsum.slice_each_axis(|ax| crop(ax, 0)).to_owned();
+    let mut y_s = acc.slice_each_axis(|ax| crop(ax, 1)).to_owned();
+    for mut c in y_s.outer_iter_mut() {
+        c.zip_mut_with(&wsum, |s, &w| *s /= w);
+    }
+    let var = acc_var.slice_each_axis(|ax| crop(ax, 0)).to_owned() / &wsum;
+    let sample_variance = var.iter().map(|&x| f64::from(x)).sum::<f64>() / var.len().max(1) as f64;
+    Ok((y_s, sample_variance))
+}
+
 /// Seed of image (slice) `i` of a volume: SplitMix64 of `seed + i`.
 fn image_seed(seed: u64, i: usize) -> u64 {
     let mut z = seed.wrapping_add((i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
@@ -287,10 +380,23 @@ fn image_seed(seed: u64, i: usize) -> u64 {
 
 /// Zero-pads the axes from `lead` on to multiples of `m` (at the high end).
 fn pad_to<T: Clone>(a: ArrayViewD<'_, T>, lead: usize, m: usize, fill: T) -> ArrayD<T> {
-    let mut shape = a.shape().to_vec();
-    for s in shape[lead..].iter_mut() {
-        *s = s.div_ceil(m) * m;
-    }
+    let sizes: Vec<usize> = a.shape()[lead..]
+        .iter()
+        .map(|s| s.div_ceil(m) * m)
+        .collect();
+    pad_to_shape(a, lead, &sizes, fill)
+}
+
+/// Pads the axes from `lead` on with `fill` at the high end to `sizes` (each ≥ the
+/// array's size there).
+fn pad_to_shape<T: Clone>(
+    a: ArrayViewD<'_, T>,
+    lead: usize,
+    sizes: &[usize],
+    fill: T,
+) -> ArrayD<T> {
+    let mut shape = a.shape()[..lead].to_vec();
+    shape.extend_from_slice(sizes);
     let mut out = ArrayD::from_elem(IxDyn(&shape), fill);
     out.slice_each_axis_mut(|ax| Slice::from(0..a.shape()[ax.axis.index()]))
         .assign(&a);

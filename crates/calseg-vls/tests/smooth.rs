@@ -247,6 +247,77 @@ fn geometry_2d_model_on_3d_case_and_3d_model() {
     assert!(matches!(e, VlsError::Config(_)), "{e}");
 }
 
+/// A 3D smoother trained on patches smooths volumes window by window: on a volume of
+/// exactly the patch size that is one window, the same numbers as the whole-volume path;
+/// on a larger one every voxel is a convex blend of overlapping windows (sums to 1), the
+/// windows' posteriors differ from the whole volume's, and the result is deterministic.
+#[test]
+fn patch_smoother_runs_windows() {
+    let cfg = SmoothConfig {
+        samples: 3,
+        ..SmoothConfig::default()
+    };
+    let whole = VlsModel::new(&tiny(3), 4, &Device::Cpu).unwrap();
+    let patched = VlsModel::new(
+        &VlsConfig {
+            patch: Some(vec![8, 8, 8]),
+            ..tiny(3)
+        },
+        4,
+        &Device::Cpu,
+    )
+    .unwrap();
+    // Same seed and shapes → same weights; a patch-sized volume is one window.
+    let one = phantom_case(vec![8, 8, 8], 3);
+    let a = smooth_case(&whole, &one, &cfg).unwrap();
+    let b = smooth_case(&patched, &one, &cfg).unwrap();
+    let max_diff = |x: &ArrayD<f32>, y: &ArrayD<f32>| {
+        x.iter()
+            .zip(y.iter())
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0f32, f32::max)
+    };
+    // (Equal up to the rounding of the weighting: y·w/w.)
+    assert!(max_diff(&a.y_s, &b.y_s) < 1e-6);
+    assert_abs_diff_eq!(
+        a.stats.sample_variance,
+        b.stats.sample_variance,
+        epsilon = 1e-9
+    );
+    // A larger volume (not a multiple of the patch on any axis): 3 × 2 × 2 windows.
+    let big = phantom_case(vec![18, 13, 9], 5);
+    let w = smooth_case(&patched, &big, &cfg).unwrap();
+    assert_eq!(w.y_s.shape(), &[3, 18, 13, 9]);
+    sums_to_one(&w.y_s);
+    assert!(w.y_s.iter().all(|&p| (0.0..=1.0).contains(&p)));
+    assert!(w.stats.sample_variance > 0.0);
+    let again = smooth_case(&patched, &big, &cfg).unwrap();
+    assert_eq!(w.y_s, again.y_s);
+    let full = smooth_case(&whole, &big, &cfg).unwrap();
+    assert!(
+        max_diff(&full.y_s, &w.y_s) > 1e-4,
+        "windows should see other inputs than the whole volume"
+    );
+    // A patch is for 3D models, in multiples of the model's padding.
+    for bad in [
+        VlsConfig {
+            patch: Some(vec![8, 8, 8]),
+            ..tiny(2)
+        },
+        VlsConfig {
+            patch: Some(vec![8, 6, 8]),
+            ..tiny(3)
+        },
+        VlsConfig {
+            patch: Some(vec![8, 8]),
+            ..tiny(3)
+        },
+    ] {
+        let e = bad.validate().unwrap_err();
+        assert!(e.to_string().contains("patch"), "{e}");
+    }
+}
+
 #[test]
 fn writers_round_trip() {
     let model = VlsModel::new(&tiny(2), 2, &Device::Cpu).unwrap();
