@@ -3,13 +3,16 @@
 //! A VLS model folder holds `model.safetensors` (the parameters) and `vls.json` (the
 //! [`VlsConfig`] it was built with), plus the trainer's checkpoint and log.
 
-use super::train::{TrainFlags, bad, failed, layouts, open_dataset, seg_err, train_val_cases};
+use super::train::{
+    MIN_CASES_FOR_CASE_SPLIT, TrainFlags, bad, failed, layouts, open_dataset, seg_err,
+    train_val_cases,
+};
 use super::{CliError, CliResult};
 use calseg_io::Case;
 use calseg_seg::train::{SetOptions, TargetSource, TrainSet};
 use calseg_vls::smooth::{
-    CALIBRATION_FILE, Calibration, LatentSource, SmoothConfig, SmoothStats, calibrate_temperature,
-    noise_target, smooth_case, write_soft_labels,
+    CALIBRATION_FILE, Calibration, LatentSource, SmoothConfig, SmoothStats,
+    calibrate_held_out_slabs, calibrate_temperature, noise_target, smooth_case, write_soft_labels,
 };
 use calseg_vls::{MixKind, VlsConfig, VlsError, VlsModel};
 use candle_core::Device;
@@ -102,6 +105,10 @@ pub struct VlsTrainArgs {
 const DEFAULT_PATCH_3D: [usize; 3] = [48, 48, 48];
 /// Default optimiser steps per epoch of patch training.
 const DEFAULT_PATCH_ITERS: usize = 10;
+/// Default batch of `calseg vls train`: 8 slices (2D) …
+const DEFAULT_BATCH_2D: usize = 8;
+/// … or 4 patches (3D).
+const DEFAULT_BATCH_PATCHES: usize = 4;
 
 /// The training flags of `calseg vls train`: those of `calseg train`, with the
 /// smoother's own defaults. 30 epochs at lr 3e-3 (≈ 270 AdamW steps of 8 slices on the
@@ -119,9 +126,9 @@ pub struct VlsTrainFlags {
     /// Continue from the checkpoint in `--out` (same seed, batch size and iterations).
     #[arg(long)]
     resume: bool,
-    /// Samples per batch.
-    #[arg(long, default_value_t = 8)]
-    batch_size: usize,
+    /// Samples per batch (default: 8 slices for --dims 2, 4 patches for --dims 3).
+    #[arg(long)]
+    batch_size: Option<usize>,
     /// AdamW learning rate.
     #[arg(long, default_value_t = 3e-3)]
     lr: f64,
@@ -139,7 +146,7 @@ impl VlsTrainFlags {
             epochs: self.epochs,
             seed: self.seed,
             resume: self.resume,
-            batch_size: self.batch_size,
+            batch_size: self.batch_size.unwrap_or(DEFAULT_BATCH_2D),
             lr: self.lr,
             iters_per_epoch: self.iters_per_epoch,
             quiet: self.quiet,
@@ -231,8 +238,9 @@ fn train(args: VlsTrainArgs) -> CliResult {
             .clone()
             .unwrap_or_else(|| DEFAULT_PATCH_3D.to_vec())
     });
-    if patch.is_some() && run.iters_per_epoch.is_none() {
-        run.iters_per_epoch = Some(DEFAULT_PATCH_ITERS);
+    if patch.is_some() {
+        run.iters_per_epoch = run.iters_per_epoch.or(Some(DEFAULT_PATCH_ITERS));
+        run.batch_size = args.run.batch_size.unwrap_or(DEFAULT_BATCH_PATCHES);
     }
     let device = args.device.open()?;
     let ds = open_dataset(&args.data)?;
@@ -302,15 +310,20 @@ fn train(args: VlsTrainArgs) -> CliResult {
     save_vls(&model, &args.out)?;
     // The temperature of y_s, calibrated on the held-out part (hard labels only).
     let t_cal = std::time::Instant::now();
-    let calib = calibrate_temperature(
-        &model,
-        &val_cases,
-        &SmoothConfig {
-            samples: args.calib_samples,
-            seed: run.seed,
-            ..SmoothConfig::default()
-        },
-    )
+    let calib_cfg = SmoothConfig {
+        samples: args.calib_samples,
+        seed: run.seed,
+        ..SmoothConfig::default()
+    };
+    // A 3D smoother on a slab split sees each validation slab with its training slab
+    // below it (its real neighbours); otherwise the held-out cases or slices alone.
+    let slab_split = ds.training_cases().len() < MIN_CASES_FOR_CASE_SPLIT;
+    let calib = if cfg.dims == 3 && slab_split {
+        let pairs: Vec<(&Case, &Case)> = train_cases.iter().zip(&val_cases).collect();
+        calibrate_held_out_slabs(&model, &pairs, args.axis, &calib_cfg)
+    } else {
+        calibrate_temperature(&model, &val_cases, &calib_cfg)
+    }
     .map_err(vls_err)?;
     calib.save(&args.out).map_err(failed)?;
     for e in &report.epochs {

@@ -632,6 +632,38 @@ impl VlsModel {
         s
     }
 
+    /// `run` (a forward pass on `(b, C, *patch)`) applied to each image of `image
+    /// (n, C, *sp)` by sliding windows of `patch` ([`calseg_seg::infer::sliding_window_logits`]).
+    fn predict_windows(
+        &self,
+        image: &Tensor,
+        patch: &[usize],
+        run: &dyn Fn(&Tensor) -> calseg_seg::Result<Tensor>,
+    ) -> calseg_seg::Result<Tensor> {
+        use calseg_seg::convert::{array_to_tensor, tensor_to_array};
+        use calseg_seg::infer::{InferSpec, sliding_window_logits};
+        let spec = InferSpec {
+            dims: 3,
+            in_channels: self.cfg.in_channels,
+            classes: self.cfg.classes,
+            multiple: self.cfg.multiple(),
+            axis: None,
+            patch: Some(patch.to_vec()),
+        };
+        let x: ndarray::ArrayD<f32> = tensor_to_array(&image.to_dtype(DType::F32)?)?;
+        let on_array = |w: &ndarray::ArrayD<f32>| -> calseg_seg::Result<ndarray::ArrayD<f32>> {
+            let out = run(&array_to_tensor(w.view(), &self.device)?)?;
+            tensor_to_array(&out.to_dtype(DType::F32)?)
+        };
+        let mut outs = Vec::with_capacity(x.shape()[0]);
+        for one in x.outer_iter() {
+            let one = one.insert_axis(ndarray::Axis(0)).to_owned();
+            let l = sliding_window_logits(&on_array, one, &spec, patch, 0.5, 1)?;
+            outs.push(array_to_tensor(l.view(), &self.device)?);
+        }
+        Ok(Tensor::cat(&outs, 0)?)
+    }
+
     /// A reparameterised posterior sample `z = μ + exp(½ logvar) · ε`, `ε ~ N(0, I)` from
     /// the seeded `rng`.
     pub fn sample_posterior(&self, post: &Posterior, rng: &mut StdRng) -> Result<Tensor> {
@@ -806,18 +838,26 @@ impl Trainable for VlsModel {
     }
 
     /// Segmentation logits with `z = 0` (the prior mean): a label-free prediction for
-    /// validation. The soft labels come from [`crate::smooth`], not from here.
+    /// validation. The soft labels come from [`crate::smooth`], not from here. A 3D model
+    /// trained on patches ([`VlsConfig::patch`]) predicts an input of another size window
+    /// by window (calseg-seg's sliding window, as its smoothing does), so validation sees
+    /// what training saw.
     fn predict(&self, image: &Tensor) -> calseg_seg::Result<Tensor> {
-        let run = || -> Result<Tensor> {
-            let f = self.features(image)?;
+        let whole = |x: &Tensor| -> Result<Tensor> {
+            let f = self.features(x)?;
             let z = Tensor::zeros(
-                self.latent_shape(image.dim(0)?, &image.dims()[2..]),
+                self.latent_shape(x.dim(0)?, &x.dims()[2..]),
                 DType::F32,
                 &self.device,
             )?;
             self.seg_logits(&f, &z)
         };
-        Ok(run()?)
+        match &self.cfg.patch {
+            Some(p) if image.rank() == 5 && image.dims()[2..] != p[..] => {
+                self.predict_windows(image, p, &|x| Ok(whole(x)?))
+            }
+            _ => Ok(whole(image)?),
+        }
     }
 
     /// Reports `kl_dim{d}` (mean KL of dimension d over the epoch's steps) and

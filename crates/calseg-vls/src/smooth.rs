@@ -287,13 +287,13 @@ const WINDOW_OVERLAP: f64 = 0.5;
 
 /// `y_s` and the mean sample variance of a volume under a 3D model trained on patches
 /// ([`crate::VlsConfig::patch`]), so that every forward pass sees a patch-sized input as
-/// in training: the volume is zero-padded to at least the patch
-/// per axis, cut into windows of the patch size overlapping by [`WINDOW_OVERLAP`]
-/// ([`calseg_seg::infer::window_starts`]), each window smoothed on its own (its own
-/// posterior and latent noise, seeded from `(cfg.seed, window index)`), and the windows'
-/// `y_s` and variances blended with the Gaussian importance map of the patch
-/// ([`calseg_seg::infer::gaussian_weights`], σ = patch/8): a convex combination per
-/// voxel, so `y_s` still sums to 1 over the classes.
+/// in training: calseg-seg's sliding window ([`calseg_seg::infer::sliding_window_logits`]:
+/// the volume zero-padded to at least the patch, windows overlapping by
+/// [`WINDOW_OVERLAP`], blended with the Gaussian importance map σ = patch/8). Each window
+/// is smoothed on its own — its own posterior, latent noise seeded from
+/// `(cfg.seed, window index)` — and the blend is a convex combination per voxel, so `y_s`
+/// still sums to 1 over the classes. The labels travel as an extra input channel and the
+/// per-voxel sample variance as an extra output channel, so both are windowed alike.
 fn smooth_windows(
     model: &VlsModel,
     image: &ArrayD<f32>,
@@ -301,71 +301,53 @@ fn smooth_windows(
     patch: &[usize],
     cfg: &SmoothConfig,
 ) -> Result<(ArrayD<f32>, f64)> {
-    use calseg_seg::infer::{gaussian_weights, window_starts};
-    let sp = labels.shape().to_vec();
-    let full: Vec<usize> = sp.iter().zip(patch).map(|(&s, &p)| s.max(p)).collect();
-    let x = pad_to_shape(image.view(), 1, &full, 0.0f32);
-    let y = pad_to_shape(labels.view(), 0, &full, 0u32);
-    let starts: Vec<Vec<usize>> = full
-        .iter()
-        .zip(patch)
-        .map(|(&s, &p)| window_starts(s, p, WINDOW_OVERLAP))
-        .collect();
-    let weight = gaussian_weights(patch, 0.125);
-    let k = model.config().classes;
-    let mut kshape = vec![k];
-    kshape.extend_from_slice(&full);
-    let mut acc = ArrayD::<f32>::zeros(IxDyn(&kshape));
-    let mut acc_var = ArrayD::<f32>::zeros(IxDyn(&full));
-    let mut wsum = ArrayD::<f32>::zeros(IxDyn(&full));
-    let win = |o: [usize; 3], lead: usize| {
-        move |ax: ndarray::AxisDescription| {
-            let i = ax.axis.index();
-            if i < lead {
-                Slice::from(..)
-            } else {
-                Slice::from(o[i - lead]..o[i - lead] + patch[i - lead])
-            }
-        }
+    use calseg_seg::infer::{InferSpec, sliding_window_logits};
+    let mc = model.config();
+    let (c, k) = (mc.in_channels, mc.classes);
+    // (1, C + 1, *sp): the image channels, then the labels.
+    let lab = labels.mapv(|l| l as f32).insert_axis(Axis(0));
+    let x = ndarray::concatenate(Axis(0), &[image.view(), lab.view()])
+        .map_err(|e| VlsError::Shape(e.to_string()))?
+        .insert_axis(Axis(0));
+    let spec = InferSpec {
+        dims: 3,
+        in_channels: c + 1,
+        classes: k + 1,
+        multiple: mc.multiple(),
+        axis: None,
+        patch: Some(patch.to_vec()),
     };
-    let mut index = 0usize;
-    for &o0 in &starts[0] {
-        for &o1 in &starts[1] {
-            for &o2 in &starts[2] {
-                let o = [o0, o1, o2];
-                let xi = x.slice_each_axis(win(o, 1)).insert_axis(Axis(0));
-                let yi = y.slice_each_axis(win(o, 0)).insert_axis(Axis(0));
-                let mut rng = [StdRng::seed_from_u64(image_seed(cfg.seed, index))];
-                let (m, v) = smooth_batch(model, xi, yi, cfg, &mut rng)?;
-                let m = m.index_axis_move(Axis(0), 0);
-                let v = v.index_axis_move(Axis(0), 0);
-                let mut a = acc.slice_each_axis_mut(win(o, 1));
-                for (mut ac, mc) in a.outer_iter_mut().zip(m.outer_iter()) {
-                    ac.zip_mut_with(&(&mc * &weight), |s, &t| *s += t);
-                }
-                acc_var
-                    .slice_each_axis_mut(win(o, 0))
-                    .zip_mut_with(&(&v * &weight), |s, &t| *s += t);
-                wsum.slice_each_axis_mut(win(o, 0))
-                    .zip_mut_with(&weight, |s, &t| *s += t);
-                index += 1;
-            }
+    let index = std::cell::Cell::new(0usize);
+    // Windows (b, C + 1, *patch) → (b, K + 1, *patch): y_s, then the sample variance.
+    let run = |w: &ArrayD<f32>| -> calseg_seg::Result<ArrayD<f32>> {
+        let mut outs = Vec::with_capacity(w.shape()[0]);
+        for win in w.outer_iter() {
+            let img = win
+                .slice_axis(Axis(0), Slice::from(0..c))
+                .insert_axis(Axis(0));
+            let lab = win
+                .index_axis(Axis(0), c)
+                .mapv(|l| l.round().max(0.0) as u32)
+                .insert_axis(Axis(0));
+            let mut rng = [StdRng::seed_from_u64(image_seed(cfg.seed, index.get()))];
+            index.set(index.get() + 1);
+            let (m, v) = smooth_batch(model, img, lab.view(), cfg, &mut rng)?;
+            let v = v.insert_axis(Axis(1));
+            outs.push(
+                ndarray::concatenate(Axis(1), &[m.view(), v.view()])
+                    .map_err(|e| VlsError::Shape(e.to_string()))?,
+            );
         }
-    }
-    let crop = |ax: ndarray::AxisDescription, lead: usize| {
-        let i = ax.axis.index();
-        if i < lead {
-            Slice::from(..)
-        } else {
-            Slice::from(0..sp[i - lead])
-        }
+        let views: Vec<_> = outs.iter().map(|a| a.view()).collect();
+        Ok(ndarray::concatenate(Axis(0), &views).map_err(|e| VlsError::Shape(e.to_string()))?)
     };
-    let wsum = wsum.slice_each_axis(|ax| crop(ax, 0)).to_owned();
-    let mut y_s = acc.slice_each_axis(|ax| crop(ax, 1)).to_owned();
-    for mut c in y_s.outer_iter_mut() {
-        c.zip_mut_with(&wsum, |s, &w| *s /= w);
-    }
-    let var = acc_var.slice_each_axis(|ax| crop(ax, 0)).to_owned() / &wsum;
+    let out = sliding_window_logits(&run, x, &spec, patch, WINDOW_OVERLAP, 1)?
+        .index_axis_move(Axis(0), 0);
+    let y_s = out
+        .slice_axis(Axis(0), Slice::from(0..k))
+        .as_standard_layout()
+        .into_owned();
+    let var = out.index_axis(Axis(0), k);
     let sample_variance = var.iter().map(|&x| f64::from(x)).sum::<f64>() / var.len().max(1) as f64;
     Ok((y_s, sample_variance))
 }
@@ -380,23 +362,10 @@ fn image_seed(seed: u64, i: usize) -> u64 {
 
 /// Zero-pads the axes from `lead` on to multiples of `m` (at the high end).
 fn pad_to<T: Clone>(a: ArrayViewD<'_, T>, lead: usize, m: usize, fill: T) -> ArrayD<T> {
-    let sizes: Vec<usize> = a.shape()[lead..]
-        .iter()
-        .map(|s| s.div_ceil(m) * m)
-        .collect();
-    pad_to_shape(a, lead, &sizes, fill)
-}
-
-/// Pads the axes from `lead` on with `fill` at the high end to `sizes` (each ≥ the
-/// array's size there).
-fn pad_to_shape<T: Clone>(
-    a: ArrayViewD<'_, T>,
-    lead: usize,
-    sizes: &[usize],
-    fill: T,
-) -> ArrayD<T> {
-    let mut shape = a.shape()[..lead].to_vec();
-    shape.extend_from_slice(sizes);
+    let mut shape = a.shape().to_vec();
+    for s in shape[lead..].iter_mut() {
+        *s = s.div_ceil(m) * m;
+    }
     let mut out = ArrayD::from_elem(IxDyn(&shape), fill);
     out.slice_each_axis_mut(|ax| Slice::from(0..a.shape()[ax.axis.index()]))
         .assign(&a);
@@ -762,6 +731,69 @@ pub fn calibrate_temperature(
                 y_s: y,
                 labels: l,
                 image: &c.image,
+            })
+        })
+        .collect();
+    calibrate_maps(model, &items, cfg.samples)
+}
+
+/// [`calibrate_temperature`] for volumes split into a training slab and a held-out slab
+/// along spatial `axis` (how `calseg vls train` validates on a dataset of fewer than five
+/// cases): each held-out slab is smoothed *together with* its training slab — the volume
+/// they were cut from, `[train, held-out]` along `axis` — and only the held-out slab's
+/// voxels are scored. A 3D smoother trained on patches thus sees the held-out slab with
+/// its real neighbours, as every voxel is seen when the training volume is smoothed;
+/// smoothed alone, a thin slab is a truncated volume that no training patch looked like
+/// (on the embedded brain that made τ* 8.9). The weights never trained on the held-out
+/// voxels. `pairs`: (training slab, held-out slab) of each case, equal in every other axis.
+///
+/// # Errors
+/// [`VlsError::Shape`] when a pair does not fit together; as [`calibrate_temperature`].
+pub fn calibrate_held_out_slabs(
+    model: &VlsModel,
+    pairs: &[(&Case, &Case)],
+    axis: usize,
+    cfg: &SmoothConfig,
+) -> Result<Calibration> {
+    cfg.validate()?;
+    let mut maps = Vec::with_capacity(pairs.len());
+    for (train, held) in pairs {
+        let (Some(tl), Some(hl)) = (&train.label, &held.label) else {
+            return Err(VlsError::Config(format!(
+                "cases {:?} / {:?}: a label map is missing",
+                train.id, held.id
+            )));
+        };
+        let join = |a: ArrayViewD<'_, f32>, b: ArrayViewD<'_, f32>, ax: usize| {
+            ndarray::concatenate(Axis(ax), &[a, b]).map_err(|e| {
+                VlsError::Shape(format!(
+                    "slabs {:?} and {:?} do not join along axis {axis}: {e}",
+                    train.id, held.id
+                ))
+            })
+        };
+        let mut image = join(train.image.view(), held.image.view(), axis + 1)?;
+        calseg_io::preprocess::zscore_nonzero(&mut image);
+        let labels = ndarray::concatenate(Axis(axis), &[tl.view(), hl.view()])
+            .map_err(|e| VlsError::Shape(format!("label slabs do not join: {e}")))?;
+        let mut c = cfg.clone();
+        c.seed = case_seed(cfg.seed, &held.id);
+        let (y_s, _) = smooth_volume(model, &image, &labels, &c)?;
+        let from = tl.shape()[axis];
+        maps.push(
+            y_s.slice_axis(Axis(axis + 1), Slice::from(from..))
+                .as_standard_layout()
+                .into_owned(),
+        );
+    }
+    let items: Vec<CalibrationItem<'_>> = pairs
+        .iter()
+        .zip(&maps)
+        .filter_map(|((_, h), y)| {
+            h.label.as_ref().map(|l| CalibrationItem {
+                y_s: y,
+                labels: l,
+                image: &h.image,
             })
         })
         .collect();

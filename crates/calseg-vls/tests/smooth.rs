@@ -503,3 +503,60 @@ fn calibrate_temperature_minimises_validation_ce_and_round_trips() {
         Err(VlsError::Config(_))
     ));
 }
+
+/// The held-out slab of a slab split is smoothed with its training slab below it and
+/// scored alone: the same calibration as `calibrate_maps` on the crop of the whole
+/// volume's `y_s`, and a different one from smoothing the slab on its own.
+#[test]
+fn held_out_slabs_are_calibrated_in_context() {
+    use calseg_io::preprocess::crop;
+    use calseg_vls::smooth::{CalibrationItem, calibrate_held_out_slabs, calibrate_maps};
+    let m = VlsModel::new(
+        &VlsConfig {
+            patch: Some(vec![8, 8, 8]),
+            ..tiny(3)
+        },
+        2,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let whole = phantom_case(vec![12, 12, 14], 9);
+    let train = crop(&whole, &[0..12, 0..12, 0..10]).unwrap();
+    let mut held = crop(&whole, &[0..12, 0..12, 10..14]).unwrap();
+    held.soft_label = None;
+    let sc = SmoothConfig {
+        samples: 3,
+        ..SmoothConfig::default()
+    };
+    let c = calibrate_held_out_slabs(&m, &[(&train, &held)], 2, &sc).unwrap();
+    assert!(c.voxels > 0 && c.voxels <= 12 * 12 * 4, "{}", c.voxels);
+    // By hand: y_s of the whole volume (noise seeded with the held-out slab's id), cropped.
+    let mut image = whole.image.clone();
+    calseg_io::preprocess::zscore_nonzero(&mut image);
+    let labels = whole.label.clone().unwrap();
+    let own = SmoothConfig {
+        seed: calseg_vls::smooth::case_seed(sc.seed, &held.id),
+        ..sc.clone()
+    };
+    let (y_s, _) = smooth_volume(&m, &image, &labels, &own).unwrap();
+    let y_held = y_s
+        .slice_axis(Axis(3), ndarray::Slice::from(10..14))
+        .to_owned();
+    let by_hand = calibrate_maps(
+        &m,
+        &[CalibrationItem {
+            y_s: &y_held,
+            labels: held.label.as_ref().unwrap(),
+            image: &held.image,
+        }],
+        sc.samples,
+    )
+    .unwrap();
+    assert_eq!(c, by_hand);
+    let alone = calseg_vls::calibrate_temperature(&m, std::slice::from_ref(&held), &sc).unwrap();
+    assert_ne!(c.ce_at_one, alone.ce_at_one);
+    // Slabs that do not join (another in-plane size) are a shape error naming them.
+    let other = crop(&phantom_case(vec![12, 10, 4], 1), &[0..12, 0..10, 0..4]).unwrap();
+    let e = calibrate_held_out_slabs(&m, &[(&train, &other)], 2, &sc).unwrap_err();
+    assert!(matches!(e, VlsError::Shape(_)), "{e}");
+}
