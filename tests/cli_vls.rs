@@ -242,3 +242,80 @@ fn bad_smoothing_options_exit_2() {
     ]);
     assert!(err.contains("vls.json"), "{err}");
 }
+
+/// `vls train --dims 3` trains on patches (recorded in vls.json), calibrates on the
+/// held-out slab in context and `vls smooth` writes windowed soft labels of the whole
+/// volume; `--patch` with a 2D smoother or off the model's grid exits 2.
+#[test]
+fn vls_train_3d_on_patches_then_smooth() {
+    let t = trained();
+    let model = t.root.join("vls3d");
+    fn train<'a>(data: &'a Path, extra: &[&'a str], out: &'a Path) -> Vec<&'a str> {
+        let mut args = vec![
+            "vls",
+            "train",
+            "--data",
+            s(data),
+            "--out",
+            s(out),
+            "--latent",
+            "2",
+            "--epochs",
+            "1",
+            "--base",
+            "4",
+            "--depth",
+            "2",
+            "--enc-levels",
+            "3",
+            "--batch-size",
+            "2",
+            "--iters-per-epoch",
+            "2",
+            "--calib-samples",
+            "2",
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        args
+    }
+    let printed = ok(&train(
+        &t.data,
+        &["--dims", "3", "--patch", "8,8,8"],
+        &model,
+    ));
+    assert!(printed.contains("trained the VLS (3D"), "{printed}");
+    assert!(printed.contains("calibrated on"), "{printed}");
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("vls.json")).unwrap()).unwrap();
+    assert_eq!(cfg["patch"], serde_json::json!([8, 8, 8]));
+    let out = t.root.join("soft_3d");
+    ok(&[
+        "vls",
+        "smooth",
+        "--model",
+        s(&model),
+        "--data",
+        s(&t.data),
+        "--out",
+        s(&out),
+        "--samples",
+        "2",
+    ]);
+    for id in CASES {
+        let y = soft_labels(&out.join(format!("{id}.safetensors")));
+        assert_eq!(y.shape(), &[K, SHAPE[0], SHAPE[1], SHAPE[2]]);
+        for v in y.sum_axis(Axis(0)).iter() {
+            assert!((v - 1.0).abs() < 1e-4, "soft labels sum to {v}");
+        }
+    }
+    for (extra, needle) in [
+        (&["--dims", "2", "--patch", "8,8,8"][..], "--patch"),
+        (&["--dims", "3", "--patch", "8,6,8"][..], "patch"),
+    ] {
+        let out = t.root.join("vls3d_bad");
+        let err = bad(&train(&t.data, extra, &out));
+        assert!(err.contains(needle), "{extra:?}: {err}");
+        assert!(!out.join("model.safetensors").exists());
+    }
+}
