@@ -128,14 +128,15 @@ fn experiment_end_to_end_and_resumable() {
         json["methods"]["calseg"]["ece"],
         again["methods"]["calseg"]["ece"]
     );
-    // The experiment's smoothers (cross-fitted by default: one folder per fold) are
-    // ordinary model folders for `calseg vls smooth`.
+    // The experiment's smoother (one by default; with `crossfit = k` one folder per
+    // fold, `vls/fold{f}`: tests/crossfit.rs) is an ordinary model folder for
+    // `calseg vls smooth`.
     let smoothed = root.join("smoothed");
     ok(&[
         "vls",
         "smooth",
         "--model",
-        s(&out.join("seed0").join("vls").join("fold0")),
+        s(&out.join("seed0").join("vls")),
         "--data",
         s(&data),
         "--out",
