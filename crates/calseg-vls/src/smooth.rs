@@ -764,6 +764,15 @@ pub fn calibrate_held_out_slabs(
                 train.id, held.id
             )));
         };
+        if axis >= tl.ndim() || tl.ndim() != hl.ndim() {
+            return Err(VlsError::Shape(format!(
+                "slabs {:?} {:?} and {:?} {:?}: no spatial axis {axis} to join along",
+                train.id,
+                tl.shape(),
+                held.id,
+                hl.shape()
+            )));
+        }
         let join = |a: ArrayViewD<'_, f32>, b: ArrayViewD<'_, f32>, ax: usize| {
             ndarray::concatenate(Axis(ax), &[a, b]).map_err(|e| {
                 VlsError::Shape(format!(

@@ -559,4 +559,7 @@ fn held_out_slabs_are_calibrated_in_context() {
     let other = crop(&phantom_case(vec![12, 10, 4], 1), &[0..12, 0..10, 0..4]).unwrap();
     let e = calibrate_held_out_slabs(&m, &[(&train, &other)], 2, &sc).unwrap_err();
     assert!(matches!(e, VlsError::Shape(_)), "{e}");
+    // So is an axis the slabs do not have.
+    let e = calibrate_held_out_slabs(&m, &[(&train, &held)], 3, &sc).unwrap_err();
+    assert!(matches!(e, VlsError::Shape(_)), "{e}");
 }
