@@ -77,8 +77,8 @@ pub const SMOOTHER_INFO_FILE: &str = "train_info.json";
 /// are options with their evidence in that README.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CalsegConfig {
-    /// The variational label smoother. `dims`, `in_channels` and `classes` are taken
-    /// from [`net`](Self::net) when the pipeline runs.
+    /// The variational label smoother. `dims`, `in_channels`, `classes` and `patch` are
+    /// taken from [`net`](Self::net) when the pipeline runs.
     pub smoother: VlsConfig,
     /// Training of the smoother (its seed is the run's).
     pub smoother_train: TrainerConfig,
@@ -221,12 +221,19 @@ impl CalsegConfig {
     }
 
     /// The smoother's configuration for this data: `dims`, `in_channels` and `classes`
-    /// of the segmentation net.
+    /// of the segmentation net, and its training patch when the net trains on 3D patches
+    /// (the smoother trains on the same layout, so it must smooth in windows of that
+    /// patch: [`VlsConfig::patch`]).
     pub fn smoother_config(&self) -> VlsConfig {
+        let patch = match &self.net.layout {
+            calseg_seg::train::Layout::Patches { patch, .. } => Some(patch.clone()),
+            _ => None,
+        };
         VlsConfig {
             dims: self.net.net.dims,
             in_channels: self.net.net.in_channels,
             classes: self.net.net.classes,
+            patch,
             ..self.smoother.clone()
         }
     }
@@ -1034,5 +1041,28 @@ mod tests {
         }];
         assert_eq!(choose(&single, 0.02), Some(0));
         assert_eq!(choose(&[], 0.02), None);
+    }
+
+    /// A smoother that trains on the net's 3D patches smooths in windows of them; on
+    /// slices it has no patch, whatever its own config says.
+    #[test]
+    fn smoother_follows_the_nets_layout() {
+        use calseg_seg::train::Layout;
+        let mut c = super::CalsegConfig::for_classes(3, 1);
+        c.net.net.dims = 3;
+        c.net.layout = Layout::Patches {
+            patch: vec![32, 32, 16],
+            foreground_fraction: 0.33,
+        };
+        let v = c.smoother_config();
+        assert_eq!((v.dims, v.patch), (3, Some(vec![32, 32, 16])));
+        c.net.net.dims = 2;
+        c.net.layout = Layout::Slices {
+            axis: None,
+            range: None,
+            skip_empty: false,
+        };
+        c.smoother.patch = Some(vec![16, 16, 16]);
+        assert_eq!(c.smoother_config().patch, None);
     }
 }
