@@ -24,6 +24,34 @@ fn write_dataset(root: &Path) -> PathBuf {
     common::phantom_dataset(root, "Dataset002_Phantom", &CASES, K, &SHAPE, 20)
 }
 
+/// `calseg vls train` of a tiny smoother (one short epoch) on `data` into `out`, plus
+/// `extra` options.
+fn vls_train_args<'a>(data: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "vls",
+        "train",
+        "--data",
+        s(data),
+        "--out",
+        s(out),
+        "--latent",
+        "2",
+        "--epochs",
+        "1",
+        "--base",
+        "4",
+        "--depth",
+        "2",
+        "--enc-levels",
+        "3",
+        "--iters-per-epoch",
+        "2",
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 /// The shared fixture: the dataset and a VLS trained on it for one short epoch.
 struct Trained {
     root: PathBuf,
@@ -38,33 +66,11 @@ fn trained() -> &'static Trained {
         let root = scratch("fixture").keep();
         let data = write_dataset(&root);
         let model = root.join("vls");
-        let stdout = ok(&[
-            "vls",
-            "train",
-            "--data",
-            s(&data),
-            "--dims",
-            "2",
-            "--out",
-            s(&model),
-            "--latent",
-            "2",
-            "--epochs",
-            "1",
-            "--seed",
-            "5",
-            "--base",
-            "4",
-            "--depth",
-            "2",
-            "--enc-levels",
-            "3",
-            "--batch-size",
-            "4",
-            "--iters-per-epoch",
-            "2",
-            "--quiet",
-        ]);
+        let stdout = ok(&vls_train_args(
+            &data,
+            &model,
+            &["--dims", "2", "--seed", "5", "--batch-size", "4"],
+        ));
         Trained {
             root,
             data,
@@ -250,39 +256,15 @@ fn bad_smoothing_options_exit_2() {
 fn vls_train_3d_on_patches_then_smooth() {
     let t = trained();
     let model = t.root.join("vls3d");
-    fn train<'a>(data: &'a Path, extra: &[&'a str], out: &'a Path) -> Vec<&'a str> {
-        let mut args = vec![
-            "vls",
-            "train",
-            "--data",
-            s(data),
-            "--out",
-            s(out),
-            "--latent",
-            "2",
-            "--epochs",
-            "1",
-            "--base",
-            "4",
-            "--depth",
-            "2",
-            "--enc-levels",
-            "3",
-            "--batch-size",
-            "2",
-            "--iters-per-epoch",
-            "2",
-            "--calib-samples",
-            "2",
-            "--quiet",
-        ];
-        args.extend_from_slice(extra);
-        args
+    fn train<'a>(data: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut extra = extra.to_vec();
+        extra.extend(["--batch-size", "2", "--calib-samples", "2"]);
+        vls_train_args(data, out, &extra)
     }
     let printed = ok(&train(
         &t.data,
-        &["--dims", "3", "--patch", "8,8,8"],
         &model,
+        &["--dims", "3", "--patch", "8,8,8"],
     ));
     assert!(printed.contains("trained the VLS (3D"), "{printed}");
     assert!(printed.contains("calibrated on"), "{printed}");
@@ -314,7 +296,7 @@ fn vls_train_3d_on_patches_then_smooth() {
         (&["--dims", "3", "--patch", "8,6,8"][..], "patch"),
     ] {
         let out = t.root.join("vls3d_bad");
-        let err = bad(&train(&t.data, extra, &out));
+        let err = bad(&train(&t.data, &out, extra));
         assert!(err.contains(needle), "{extra:?}: {err}");
         assert!(!out.join("model.safetensors").exists());
     }

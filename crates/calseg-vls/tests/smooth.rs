@@ -247,6 +247,15 @@ fn geometry_2d_model_on_3d_case_and_3d_model() {
     assert!(matches!(e, VlsError::Config(_)), "{e}");
 }
 
+/// The tiny 3D model of [`tiny`], trained on 8³ patches (so it smooths in windows).
+fn patched_model(seed: u64) -> VlsModel {
+    let cfg = VlsConfig {
+        patch: Some(vec![8, 8, 8]),
+        ..tiny(3)
+    };
+    VlsModel::new(&cfg, seed, &Device::Cpu).unwrap()
+}
+
 /// A 3D smoother trained on patches smooths volumes window by window: on a volume of
 /// exactly the patch size that is one window, the same numbers as the whole-volume path;
 /// on a larger one every voxel is a convex blend of overlapping windows (sums to 1), the
@@ -258,15 +267,7 @@ fn patch_smoother_runs_windows() {
         ..SmoothConfig::default()
     };
     let whole = VlsModel::new(&tiny(3), 4, &Device::Cpu).unwrap();
-    let patched = VlsModel::new(
-        &VlsConfig {
-            patch: Some(vec![8, 8, 8]),
-            ..tiny(3)
-        },
-        4,
-        &Device::Cpu,
-    )
-    .unwrap();
+    let patched = patched_model(4);
     // Same seed and shapes → same weights; a patch-sized volume is one window.
     let one = phantom_case(vec![8, 8, 8], 3);
     let a = smooth_case(&whole, &one, &cfg).unwrap();
@@ -511,15 +512,7 @@ fn calibrate_temperature_minimises_validation_ce_and_round_trips() {
 fn held_out_slabs_are_calibrated_in_context() {
     use calseg_io::preprocess::crop;
     use calseg_vls::smooth::{CalibrationItem, calibrate_held_out_slabs, calibrate_maps};
-    let m = VlsModel::new(
-        &VlsConfig {
-            patch: Some(vec![8, 8, 8]),
-            ..tiny(3)
-        },
-        2,
-        &Device::Cpu,
-    )
-    .unwrap();
+    let m = patched_model(2);
     let whole = phantom_case(vec![12, 12, 14], 9);
     let train = crop(&whole, &[0..12, 0..12, 0..10]).unwrap();
     let mut held = crop(&whole, &[0..12, 0..12, 10..14]).unwrap();
