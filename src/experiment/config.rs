@@ -20,6 +20,7 @@
 //!           # training cases, or the validation part when crossfit = 0),
 //!           # tau = [2.0] (used when calibrate = false), from = "posterior", dice_tolerance = 0.02; lists → sweep on validation
 //!           # mix = "classes" (the paper's Y_s) or "confidence" (per-voxel label smoothing set by the smoother)
+//!           # focal_gamma = 0 (the net's loss on Y_s: soft-target CE; γ > 0: focal loss on the soft targets)
 //! [eval]    # bins = 15, hd95 = true, mask = "brainmask.nii.gz" (file or folder of CASE.nii.gz)
 //! [eval.shift]  # bias = 0.4, gamma = 1.3, contrast = 0.85, noise = 0.04 (a synthetic scanner shift of the test part)
 //! ```
@@ -272,6 +273,9 @@ pub struct CalsegParams {
     /// `"confidence"` (only the smoother's confidence in the label, the rest spread
     /// evenly; [`calseg_vls::MixKind`]).
     pub mix: MixKind,
+    /// Focusing parameter γ of the CALSeg net's loss on `Y_s` (0: soft-target CE, the
+    /// paper's; γ > 0: focal loss on the soft targets; [`CalsegConfig::focal_gamma`]).
+    pub focal_gamma: f64,
 }
 
 impl Default for CalsegParams {
@@ -287,6 +291,7 @@ impl Default for CalsegParams {
             calibrate: c.calibrate,
             crossfit: c.crossfit,
             mix: c.mix,
+            focal_gamma: c.focal_gamma,
         }
     }
 }
@@ -537,5 +542,13 @@ mod tests {
         let c = ExperimentConfig::from_toml("[calseg]\nmix = \"classes\"\n").unwrap();
         assert_eq!(c.calseg.mix, MixKind::Classes);
         assert!(ExperimentConfig::from_toml("[calseg]\nmix = \"uniform\"\n").is_err());
+    }
+
+    /// `[calseg] focal_gamma` reaches the CALSeg config (default 0: soft-target CE).
+    #[test]
+    fn the_calseg_loss_focus_is_read() {
+        assert_eq!(ExperimentConfig::default().calseg.focal_gamma, 0.0);
+        let c = ExperimentConfig::from_toml("[calseg]\nfocal_gamma = 3.0\n").unwrap();
+        assert_eq!(c.calseg.focal_gamma, 3.0);
     }
 }

@@ -508,6 +508,7 @@ impl<'a> Experiment<'a> {
             bins: self.cfg.eval.bins,
             crossfit: c.crossfit,
             mix: c.mix,
+            focal_gamma: c.focal_gamma,
         }
     }
 

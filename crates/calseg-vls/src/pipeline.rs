@@ -111,6 +111,12 @@ pub struct CalsegConfig {
     /// [`MixKind::Classes`], the paper's: on the development split (validation data only)
     /// the confidence mix was not better (calseg-vls README, "Confidence mix").
     pub mix: MixKind,
+    /// Focusing parameter γ of the net's loss on `Y_s`: 0 (the default, the paper's) is
+    /// soft-target cross-entropy; γ > 0 is focal loss on the soft targets,
+    /// `Σ_k Y_k·(1 − p_k)^γ·(−log p_k)` ([`calseg_seg::loss::Focal`]) — CALSeg's soft labels
+    /// with focal loss's down-weighting of the voxels the net already fits. Measured in the
+    /// calseg-vls README ("CALSeg with focal loss").
+    pub focal_gamma: f64,
 }
 
 /// The training budget every CALSeg stage uses by default: 40 epochs of 8 samples,
@@ -167,6 +173,7 @@ impl Default for CalsegConfig {
             bins: calseg_metrics::edges::DEFAULT_BINS,
             crossfit: 0,
             mix: MixKind::Classes,
+            focal_gamma: 0.0,
         }
     }
 }
@@ -206,12 +213,19 @@ impl CalsegConfig {
     }
 
     /// The name of the net of one (α, τ) setting, its folder under `models/`: `calseg`
-    /// when it is the only setting, `calseg_{tag}` in a sweep of `several`.
+    /// when it is the only setting, `calseg_{tag}` in a sweep of `several`; with focal
+    /// loss (`focal_gamma` γ > 0) `calseg_focal{γ}…`, so a stored CE net is not taken
+    /// for a focal one.
     pub fn net_name(&self, alpha: f64, tau: f64, several: bool) -> String {
-        if several {
-            format!("calseg_{}", self.setting_tag(alpha, tau))
+        let base = if self.focal_gamma > 0.0 {
+            format!("calseg_focal{}", self.focal_gamma)
         } else {
             "calseg".to_string()
+        };
+        if several {
+            format!("{base}_{}", self.setting_tag(alpha, tau))
+        } else {
+            base
         }
     }
 
@@ -280,6 +294,12 @@ impl CalsegConfig {
             return Err(VlsError::Config(
                 "crossfit must be 0 (off) or a number of folds ≥ 2, got 1".into(),
             ));
+        }
+        if !(self.focal_gamma.is_finite() && self.focal_gamma >= 0.0) {
+            return Err(VlsError::Config(format!(
+                "focal_gamma must be finite and ≥ 0, got {}",
+                self.focal_gamma
+            )));
         }
         if self.bins == 0 || self.smoother_train.batch_size == 0 {
             return Err(VlsError::Config(
@@ -793,9 +813,16 @@ impl Calseg {
                 settings.len()
             )));
         }
+        let method = if self.cfg.focal_gamma > 0.0 {
+            Method::Focal {
+                gamma: self.cfg.focal_gamma,
+            }
+        } else {
+            Method::Soft
+        };
         let recipe = NetRecipe {
             loss: LossConfig {
-                method: Method::Soft,
+                method,
                 ..self.cfg.net.loss
             },
             ..self.cfg.net.clone()
@@ -1064,5 +1091,20 @@ mod tests {
         };
         c.smoother.patch = Some(vec![16, 16, 16]);
         assert_eq!(c.smoother_config().patch, None);
+    }
+
+    /// Focal loss on `Y_s` names its nets apart (a stored CE net is never reused for
+    /// it) and takes γ ≥ 0 only.
+    #[test]
+    fn focal_nets_are_named_apart_and_gamma_checked() {
+        let mut c = super::CalsegConfig::for_classes(3, 1);
+        assert_eq!(c.net_name(0.25, 2.0, false), "calseg");
+        c.focal_gamma = 3.0;
+        assert_eq!(c.net_name(0.25, 2.0, false), "calseg_focal3");
+        assert_eq!(c.net_name(0.25, 2.0, true), "calseg_focal3_a0.25_t2");
+        assert!(c.validate().is_ok());
+        c.focal_gamma = -1.0;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("focal_gamma"), "{e}");
     }
 }
