@@ -677,7 +677,8 @@ impl<'a> Experiment<'a> {
     }
 
     /// Mean total-variation distance to the true probabilities (`softlabelsTr`), inside
-    /// the evaluation mask, of hard labels, LS, SVLS, VLS `y_s` and the chosen mix `Y_s`.
+    /// the evaluation mask, of hard labels, LS, SVLS (in-plane and 3×3×3 for a 2D
+    /// experiment), VLS `y_s` and the chosen mix `Y_s`.
     fn soft_label_quality(&self, p: &Parts, run: &CalsegRun) -> Result<Value> {
         let (alpha, tau) = (run.choice.alpha, run.choice.tau);
         let mut rows: BTreeMap<String, (f64, usize)> = BTreeMap::new();
@@ -703,6 +704,9 @@ impl<'a> Experiment<'a> {
                 mask.as_ref(),
                 self.cfg.loss.ls_eps,
                 self.cfg.loss.svls_sigma,
+                // A 2D experiment's SVLS method trains on in-plane targets: report those
+                // (and the 3×3×3 ones beside them).
+                (self.cfg.dims == 2).then_some(self.cfg.split.axis),
             )? {
                 add(&r.method, r.tv);
             }

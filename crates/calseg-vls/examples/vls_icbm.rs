@@ -161,7 +161,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let truth = icbm152::true_probs()?.probs.into_f32();
     let mask = icbm152::brain_mask()?.labels.mapv(|v| v > 0);
-    let mut rows = baselines(&labels.view(), &truth, Some(&mask), 0.1, 1.0)?;
+    let mut rows = baselines(&labels.view(), &truth, Some(&mask), 0.1, 1.0, None)?;
     for (name, map) in [("VLS y_s", &soft.y_s), ("VLS Y_s", &soft.soft)] {
         rows.push(calseg_vls::quality::QualityRow {
             method: name.into(),

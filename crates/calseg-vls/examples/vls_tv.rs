@@ -12,8 +12,8 @@
 
 use calseg_io::icbm152;
 use calseg_vls::mix::one_hot;
-use calseg_vls::quality::{svls, tv_table, uniform_ls};
-use ndarray::{ArrayD, Axis, IxDyn};
+use calseg_vls::quality::{svls, svls_in_plane, tv_table, uniform_ls};
+use ndarray::{ArrayD, Axis};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dirs: Vec<String> = std::env::args().skip(1).collect();
@@ -39,13 +39,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("train slab", slab(0, cut)),
         ("val slab", slab(cut, nz)),
     ];
-    let mut svls2 = ArrayD::<f32>::zeros(IxDyn(&[k, labels.shape()[0], labels.shape()[1], nz]));
-    for z in 0..nz {
-        let sl = labels.index_axis(Axis(2), z).to_owned();
-        svls2
-            .index_axis_mut(Axis(3), z)
-            .assign(&svls(&sl.view(), k, 1.0)?);
-    }
+    let svls2 = svls_in_plane(&labels.view(), k, 1.0, 2)?;
     let mut rows: Vec<(String, ArrayD<f32>)> = vec![
         ("hard".into(), one_hot(&labels.view(), k)?),
         ("LS 0.1".into(), uniform_ls(&labels.view(), k, 0.1)?),

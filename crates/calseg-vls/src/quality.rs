@@ -141,14 +141,53 @@ pub struct QualityRow {
     pub tv: f64,
 }
 
+/// SVLS(σ) of a label volume `(X, Y, Z)` slice by slice along spatial `axis`: the targets
+/// a 2D net trained on those slices gets from the SVLS loss (3×3 in-plane neighbourhood),
+/// stacked back into `(K, X, Y, Z)`. A map with fewer than three axes is smoothed whole.
+///
+/// # Errors
+/// [`VlsError::Shape`] when `axis` is not a spatial axis of `labels`; as [`svls`].
+pub fn svls_in_plane(
+    labels: &ArrayViewD<'_, u32>,
+    k: usize,
+    sigma: f64,
+    axis: usize,
+) -> Result<ArrayD<f32>> {
+    if labels.ndim() < 3 {
+        return svls(labels, k, sigma);
+    }
+    if axis >= labels.ndim() {
+        return Err(VlsError::Shape(format!(
+            "slice axis {axis} of a label map with {} axes",
+            labels.ndim()
+        )));
+    }
+    let mut shape = vec![k];
+    shape.extend_from_slice(labels.shape());
+    let mut out = ArrayD::<f32>::zeros(shape);
+    for (z, slice) in labels.axis_iter(Axis(axis)).enumerate() {
+        out.index_axis_mut(Axis(axis + 1), z)
+            .assign(&svls(&slice, k, sigma)?);
+    }
+    Ok(out)
+}
+
 /// TV distance to `truth (K, *spatial)` inside `mask` of the baseline soft labels built
-/// from `labels`: hard one-hot, uniform LS(`ls_eps`) and SVLS(σ = `svls_sigma`).
+/// from `labels`: hard one-hot, uniform LS(`ls_eps`) and SVLS(σ = `svls_sigma`) over the
+/// map's own neighbourhood (3×3×3 for a volume). With `in_plane = Some(axis)` and a
+/// volume, also the SVLS a 2D net trained on its slices along `axis` gets
+/// ([`svls_in_plane`]), and the two SVLS rows are named `SVLS(σ=…, 3×3×3)` and
+/// `SVLS(σ=…, in-plane)`.
+///
+/// # Errors
+/// As [`tv_distance`], [`svls`].
 pub fn baselines(
     labels: &ArrayViewD<'_, u32>,
     truth: &ArrayD<f32>,
     mask: Option<&ArrayD<bool>>,
     ls_eps: f64,
     svls_sigma: f64,
+    in_plane: Option<usize>,
 ) -> Result<Vec<QualityRow>> {
     let k = truth.shape().first().copied().unwrap_or(0);
     let row = |method: String, y: ArrayD<f32>| -> Result<QualityRow> {
@@ -157,12 +196,25 @@ pub fn baselines(
             tv: tv_distance(&y, truth, mask)?,
         })
     };
-    Ok(vec![
+    let plane = in_plane.filter(|_| labels.ndim() == 3);
+    let both = plane.is_some();
+    let mut rows = vec![
         row("hard".into(), one_hot(labels, k)?)?,
         row(format!("LS({ls_eps})"), uniform_ls(labels, k, ls_eps)?)?,
         row(
-            format!("SVLS(σ={svls_sigma})"),
+            if both {
+                format!("SVLS(σ={svls_sigma}, 3×3×3)")
+            } else {
+                format!("SVLS(σ={svls_sigma})")
+            },
             svls(labels, k, svls_sigma)?,
         )?,
-    ])
+    ];
+    if let Some(axis) = plane {
+        rows.push(row(
+            format!("SVLS(σ={svls_sigma}, in-plane)"),
+            svls_in_plane(labels, k, svls_sigma, axis)?,
+        )?);
+    }
+    Ok(rows)
 }
