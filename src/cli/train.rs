@@ -70,6 +70,18 @@ pub struct TrainArgs {
     dice_weight: f64,
 }
 
+/// `"; kept epoch N's weights (validation Dice D)"` for a `--keep-best` run that kept
+/// them, else nothing.
+pub(crate) fn kept_text(report: &TrainReport) -> String {
+    report.best.map_or(String::new(), |b| {
+        format!(
+            "; kept epoch {}'s weights (validation Dice {:.4})",
+            b.epoch + 1,
+            b.dice_mean_fg
+        )
+    })
+}
+
 /// The training flags `calseg train` and `calseg vls train` share.
 #[derive(Args, Debug)]
 pub(crate) struct TrainFlags {
@@ -94,6 +106,10 @@ pub(crate) struct TrainFlags {
     /// No progress bars.
     #[arg(long)]
     pub(crate) quiet: bool,
+    /// End with the weights of the best validation Dice instead of the last ones (early
+    /// stopping on validation; `best.safetensors` in `--out` keeps them across resumes).
+    #[arg(long)]
+    pub(crate) keep_best: bool,
 }
 
 impl TrainFlags {
@@ -130,6 +146,7 @@ impl TrainFlags {
             seed: self.seed,
             resume: self.resume,
             quiet: self.quiet,
+            keep_best: self.keep_best,
             ..TrainerConfig::default()
         });
         let t0 = Instant::now();
@@ -430,6 +447,7 @@ pub fn run(args: TrainArgs) -> CliResult {
         ),
         None => "no validation this run".to_string(),
     };
+    let val_text = format!("{val_text}{}", kept_text(&report));
     println!(
         "trained {} ({}D, {} train / {} validation samples): {} epochs done ({} this run) in {secs:.1} s; {val_text}; model in {}",
         method,

@@ -138,6 +138,9 @@ pub struct VlsTrainFlags {
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
+    /// End with the weights of the best validation Dice(z=0) instead of the last ones.
+    #[arg(long)]
+    keep_best: bool,
 }
 
 impl VlsTrainFlags {
@@ -150,6 +153,7 @@ impl VlsTrainFlags {
             lr: self.lr,
             iters_per_epoch: self.iters_per_epoch,
             quiet: self.quiet,
+            keep_best: self.keep_best,
         }
     }
 }
@@ -345,13 +349,14 @@ fn train(args: VlsTrainArgs) -> CliResult {
         );
     }
     println!(
-        "trained the VLS ({}D, L = {}, {} train / {} validation samples): {} epochs done in {:.1} s; model in {}",
+        "trained the VLS ({}D, L = {}, {} train / {} validation samples): {} epochs done in {:.1} s{}; model in {}",
         cfg.dims,
         cfg.latent,
         train.len(),
         val.len(),
         report.epochs_done,
         secs,
+        super::train::kept_text(&report),
         args.out.display()
     );
     println!(

@@ -896,8 +896,9 @@ impl<'a> Experiment<'a> {
 }
 
 /// Records the validation-Dice plateau of the run in `dir` (its `train_log.jsonl`) as
-/// `{prefix}val_dice_final` and `{prefix}val_dice_gain_last_quarter` of the result
-/// (nothing when the run did not validate at least twice).
+/// `{prefix}val_dice_final`, `{prefix}val_dice_gain_last_quarter` and
+/// `{prefix}val_dice_best` of the result (nothing when the run did not validate at least
+/// twice).
 fn convergence(r: &mut Scored, prefix: &str, dir: &Path) {
     let p = calseg_seg::train::convergence::read_log(dir)
         .ok()
@@ -909,6 +910,7 @@ fn convergence(r: &mut Scored, prefix: &str, dir: &Path) {
             format!("{prefix}val_dice_gain_last_quarter"),
             p.gain_last_quarter,
         );
+        extra.insert(format!("{prefix}val_dice_best"), p.best_dice);
     }
 }
 

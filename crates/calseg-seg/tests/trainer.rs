@@ -679,3 +679,82 @@ fn icbm152_slab_smoke_run() {
     assert_eq!(p.shape(), &[4, 80, 100, 82]);
     eprintln!("inference done in {:?}", t0.elapsed());
 }
+
+#[test]
+fn keep_best_ends_with_the_best_validations_weights() {
+    let train = TrainSet::build(&[volume(1)], &slice_opts(TargetSource::OneHot)).unwrap();
+    let val = TrainSet::build(&[volume(2)], &slice_opts(TargetSource::OneHot)).unwrap();
+    // A constant schedule, so the first e epochs of any run are the same trajectory.
+    let cfg = TrainerConfig {
+        iters_per_epoch: Some(2),
+        lr: 8e-2,
+        schedule: Schedule::Constant,
+        keep_best: true,
+        ..quiet(8)
+    };
+    let dir = scratch("best");
+    let a = model(5);
+    let r = Trainer::new(cfg.clone())
+        .fit(&a, &train, Some(&val), Some(&dir))
+        .unwrap();
+    let dice: Vec<f64> = r
+        .epochs
+        .iter()
+        .map(|e| e.val.as_ref().unwrap().dice_mean_fg)
+        .collect();
+    let best = r
+        .best
+        .expect("a validated keep-best run reports its best epoch");
+    let top = dice.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    assert_eq!(best.dice_mean_fg, top, "{dice:?}");
+    assert_eq!(dice[best.epoch], top);
+    assert!(
+        best.epoch + 1 < dice.len(),
+        "this setting peaks before the end: {dice:?}"
+    );
+    assert!(dir.join(calseg_seg::train::BEST_FILE).exists());
+    // The kept weights are those of epoch `best.epoch`: a plain run that stops there.
+    let b = model(5);
+    Trainer::new(TrainerConfig {
+        epochs: best.epoch + 1,
+        keep_best: false,
+        ..cfg.clone()
+    })
+    .fit(&b, &train, None, None)
+    .unwrap();
+    assert_eq!(params(a.varmap()), params(b.varmap()));
+    // … and they validate to the recorded Dice.
+    let v = calseg_seg::train::validate(&a, &val, 2).unwrap();
+    assert_eq!(v.dice_mean_fg, best.dice_mean_fg);
+    // Without keep_best the run ends with the last weights.
+    let c = model(5);
+    let rc = Trainer::new(TrainerConfig {
+        keep_best: false,
+        ..cfg.clone()
+    })
+    .fit(&c, &train, Some(&val), None)
+    .unwrap();
+    assert!(rc.best.is_none());
+    assert_ne!(params(a.varmap()), params(c.varmap()));
+    // Killed half-way and resumed: the best of the first half survives in best.safetensors.
+    let dir2 = scratch("best-resume");
+    let d = model(5);
+    let rd = Trainer::new(TrainerConfig {
+        stop_after: Some(best.epoch + 1),
+        ..cfg.clone()
+    })
+    .fit(&d, &train, Some(&val), Some(&dir2))
+    .unwrap();
+    assert!(rd.best.is_none(), "a stopped run keeps its last weights");
+    let e = model(77);
+    let re = Trainer::new(TrainerConfig {
+        resume: true,
+        ..cfg.clone()
+    })
+    .fit(&e, &train, Some(&val), Some(&dir2))
+    .unwrap();
+    assert_eq!(re.best, Some(best));
+    assert_eq!(params(e.varmap()), params(a.varmap()));
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&dir2).unwrap();
+}

@@ -18,6 +18,10 @@ pub struct Plateau {
     pub gain_last_quarter: f64,
     /// Epochs the run had.
     pub epochs: usize,
+    /// The highest validation Dice of the run (the weights a
+    /// [`keep_best`](super::TrainerConfig::keep_best) run ends with).
+    #[serde(default)]
+    pub best_dice: f64,
 }
 
 /// Reads the per-epoch log `dir/train_log.jsonl` a [`Trainer`](super::Trainer) wrote.
@@ -49,6 +53,7 @@ pub fn read_log(dir: &Path) -> Result<Vec<EpochLog>> {
 /// let p = plateau(&[log(3, 0.5), log(7, 0.70), log(11, 0.74), log(15, 0.75)]).unwrap();
 /// assert_eq!(p.final_dice, 0.75);
 /// assert!((p.gain_last_quarter - 0.01).abs() < 1e-12); // epoch 11 ends ¾ of 16: 0.75 − 0.74
+/// assert_eq!(p.best_dice, 0.75);
 /// ```
 pub fn plateau(logs: &[EpochLog]) -> Option<Plateau> {
     let val: Vec<(usize, f64)> = logs
@@ -66,5 +71,6 @@ pub fn plateau(logs: &[EpochLog]) -> Option<Plateau> {
         final_dice,
         gain_last_quarter: final_dice - before,
         epochs,
+        best_dice: val.iter().map(|v| v.1).fold(f64::NEG_INFINITY, f64::max),
     })
 }

@@ -11,7 +11,10 @@ pub mod data;
 pub mod trainer;
 
 pub use data::{BatchSampler, Layout, Sample, SetOptions, TargetSource, TrainSet};
-pub use trainer::{EpochLog, Schedule, TrainReport, Trainer, TrainerConfig, ValMetrics, validate};
+pub use trainer::{
+    BEST_FILE, BestEpoch, EpochLog, Schedule, TrainReport, Trainer, TrainerConfig, ValMetrics,
+    validate,
+};
 
 use crate::Result;
 use candle_core::Tensor;

@@ -115,6 +115,13 @@ pub struct TrainerConfig {
     /// checkpoint to resume from), as if the run had been killed; `None`: run to
     /// `epochs`. Lets long runs be split into pieces.
     pub stop_after: Option<usize>,
+    /// End the run with the weights of the validation that had the highest mean
+    /// foreground Dice, not the last ones: early stopping on validation data without
+    /// cutting the learning-rate schedule short. Needs validation (`validate_every > 0`
+    /// and a validation set; otherwise the last weights stay). With an output directory
+    /// the best weights also go to [`BEST_FILE`] (their epoch and Dice in its metadata),
+    /// so a resumed run keeps them. The report's [`TrainReport::best`] says which epoch.
+    pub keep_best: bool,
 }
 
 impl Default for TrainerConfig {
@@ -133,6 +140,7 @@ impl Default for TrainerConfig {
             checkpoint_every: 1,
             resume: false,
             stop_after: None,
+            keep_best: false,
         }
     }
 }
@@ -190,6 +198,20 @@ pub struct TrainReport {
     pub resumed_from: usize,
     /// The last checkpoint written, if any.
     pub checkpoint: Option<PathBuf>,
+    /// With [`TrainerConfig::keep_best`]: the validation whose weights the model ended
+    /// with (`None` without `keep_best`, without validation, or for a run stopped early
+    /// by `stop_after`, which keeps its last weights to resume from).
+    #[serde(default)]
+    pub best: Option<BestEpoch>,
+}
+
+/// The epoch whose weights [`TrainerConfig::keep_best`] kept.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BestEpoch {
+    /// Epoch (0-based).
+    pub epoch: usize,
+    /// Its validation mean foreground Dice.
+    pub dice_mean_fg: f64,
 }
 
 /// Run state stored with a checkpoint.
@@ -210,6 +232,10 @@ pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 pub const CHECKPOINT_JSON: &str = "checkpoint.json";
 /// Per-epoch log.
 pub const LOG_FILE: &str = "train_log.jsonl";
+/// The best validation's weights of a [`TrainerConfig::keep_best`] run.
+pub const BEST_FILE: &str = "best.safetensors";
+/// Metadata key of the [`BestEpoch`] (JSON) in [`BEST_FILE`].
+const BEST_KEY: &str = "calseg.best";
 
 /// SplitMix64 of `seed` mixed with `epoch` and `stream`: independent seeds per epoch.
 pub fn derive_seed(seed: u64, epoch: u64, stream: u64) -> u64 {
@@ -298,6 +324,12 @@ impl Trainer {
         if let Some(lp) = &log_path {
             truncate_log(lp, epoch0)?;
         }
+        let best_path = out_dir.filter(|_| cfg.keep_best).map(|d| d.join(BEST_FILE));
+        let mut best: Option<(BestEpoch, Vec<candle_core::Tensor>)> = match &best_path {
+            Some(p) if epoch0 > 0 && p.exists() => Some(read_best(p, &named, &device)?),
+            _ => None,
+        }
+        .filter(|(b, _)| b.epoch < epoch0);
         let iters = cfg
             .iters_per_epoch
             .unwrap_or_else(|| train.len().div_ceil(cfg.batch_size))
@@ -385,6 +417,26 @@ impl Trainer {
             if let Some(lp) = &log_path {
                 append_log(lp, &entry)?;
             }
+            if cfg.keep_best
+                && let Some(v) = &entry.val
+                && v.dice_mean_fg.is_finite()
+                && best
+                    .as_ref()
+                    .is_none_or(|(b, _)| v.dice_mean_fg > b.dice_mean_fg)
+            {
+                let b = BestEpoch {
+                    epoch,
+                    dice_mean_fg: v.dice_mean_fg,
+                };
+                let snap = named
+                    .iter()
+                    .map(|(_, var)| var.as_tensor().copy())
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                if let Some(p) = &best_path {
+                    write_best(p, &named, &snap, &b)?;
+                }
+                best = Some((b, snap));
+            }
             if let Some(p) = &ckpt_path
                 && cfg.checkpoint_every > 0
                 && ((epoch + 1) % cfg.checkpoint_every == 0 || last)
@@ -401,12 +453,29 @@ impl Trainer {
             logs_out.push(entry);
         }
         model.set_training(false);
+        // A finished run ends with the best validation's weights; one stopped by
+        // `stop_after` keeps its last ones (its checkpoint continues from them).
+        let best = match best {
+            Some((b, snap)) if cfg.keep_best && end == cfg.epochs => {
+                for ((_, var), t) in named.iter().zip(&snap) {
+                    var.set(t)?;
+                }
+                tracing::info!(
+                    epoch = b.epoch,
+                    dice = b.dice_mean_fg,
+                    "kept the best validation's weights"
+                );
+                Some(b)
+            }
+            _ => None,
+        };
         Ok(TrainReport {
             epochs: logs_out,
             epochs_done: end.max(epoch0),
             steps: step,
             resumed_from: epoch0,
             checkpoint: last_ckpt,
+            best,
         })
     }
 
@@ -493,6 +562,55 @@ fn write_checkpoint(
     calseg_io::atomic::write_atomic(&path.with_file_name(CHECKPOINT_JSON), json.as_bytes())?;
     tracing::debug!(epoch = st.epoch, "checkpoint written to {}", path.display());
     Ok(())
+}
+
+/// Writes the best validation's weights and their [`BestEpoch`] (atomically).
+fn write_best(
+    path: &Path,
+    named: &[(String, Var)],
+    snap: &[candle_core::Tensor],
+    best: &BestEpoch,
+) -> Result<()> {
+    let tensors: Vec<(String, candle_core::Tensor)> = named
+        .iter()
+        .zip(snap)
+        .map(|((n, _), t)| (n.clone(), t.clone()))
+        .collect();
+    let json = serde_json::to_string(best)
+        .map_err(|e| SegError::Config(format!("best epoch to JSON: {e}")))?;
+    save_tensors(
+        path,
+        &tensors,
+        Some(HashMap::from([(BEST_KEY.to_string(), json)])),
+    )
+}
+
+/// Reads [`BEST_FILE`] back for a resumed run: the epoch and the weights, in the order
+/// of `named`.
+fn read_best(
+    path: &Path,
+    named: &[(String, Var)],
+    device: &Device,
+) -> Result<(BestEpoch, Vec<candle_core::Tensor>)> {
+    let (tensors, meta) = load_tensors(path, device)?;
+    let best: BestEpoch = meta
+        .get(BEST_KEY)
+        .ok_or_else(|| SegError::checkpoint(path, "no best-epoch record"))
+        .and_then(|s| {
+            serde_json::from_str(s)
+                .map_err(|e| SegError::checkpoint(path, format!("bad best-epoch record: {e}")))
+        })?;
+    let snap = named
+        .iter()
+        .map(|(n, v)| match tensors.get(n) {
+            Some(t) if t.dims() == v.dims() => Ok(t.clone()),
+            _ => Err(SegError::checkpoint(
+                path,
+                format!("parameter {n} missing or of another shape"),
+            )),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((best, snap))
 }
 
 /// Keeps only the log lines of epochs before `epoch0` (all gone for a fresh run).
