@@ -224,38 +224,49 @@ fn train_calibrate_predict_end_to_end() {
     );
 }
 
-/// The same seed gives the same weights (training is deterministic).
+/// The same seed gives the same weights (training is deterministic); `--keep-best` ends
+/// with the best validation's weights and says which.
 #[test]
-fn training_is_deterministic() {
+fn training_is_deterministic_and_keeps_its_best_validation() {
     let t = trained();
+    let run = |out: &Path, extra: &[&str]| -> String {
+        let mut args = vec![
+            "train",
+            "--data",
+            s(&t.data),
+            "--method",
+            "ce",
+            "--dims",
+            "2",
+            "--out",
+            s(out),
+            "--epochs",
+            "2",
+            "--seed",
+            "3",
+            "--base",
+            "4",
+            "--depth",
+            "2",
+            "--batch-size",
+            "4",
+            "--iters-per-epoch",
+            "2",
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        ok(&args)
+    };
     let again = t.root.join("model_again");
-    ok(&[
-        "train",
-        "--data",
-        s(&t.data),
-        "--method",
-        "ce",
-        "--dims",
-        "2",
-        "--out",
-        s(&again),
-        "--epochs",
-        "2",
-        "--seed",
-        "3",
-        "--base",
-        "4",
-        "--depth",
-        "2",
-        "--batch-size",
-        "4",
-        "--iters-per-epoch",
-        "2",
-        "--quiet",
-    ]);
+    run(&again, &[]);
     let a = std::fs::read(t.model.join("model.safetensors")).unwrap();
     let b = std::fs::read(again.join("model.safetensors")).unwrap();
     assert!(a == b, "same seed, different weights");
+    assert!(!again.join("best.safetensors").exists());
+    let best = t.root.join("model_best");
+    let out = run(&best, &["--keep-best"]);
+    assert!(out.contains("kept epoch"), "{out}");
+    assert!(best.join("best.safetensors").exists());
 }
 
 /// `--method soft` without `--soft-labels` (or with a folder lacking a case's file)
