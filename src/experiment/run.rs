@@ -619,7 +619,10 @@ impl<'a> Experiment<'a> {
     /// CALSeg through its library pipeline, stage by stage (for the progress lines),
     /// stored in the seed's folder (`vls/`, `softlabels/`, `models/calseg*`).
     fn calseg(&self, p: &Parts, seed: u64, dir: &Path) -> Result<CalsegRun> {
-        let method = Calseg::new(self.calseg_config(p))?;
+        let mut method = Calseg::new(self.calseg_config(p))?;
+        if let Some(axis) = p.plan.held_out_slab_axis() {
+            method = method.with_held_out_slabs(axis);
+        }
         let val = p.val_cases();
         if self.cfg.calseg.crossfit >= 2 {
             self.progress.stage(&format!(

@@ -146,6 +146,30 @@ fn held_out(n: usize, fraction: f64) -> usize {
 }
 
 impl SplitPlan {
+    /// The axis along which every validation part directly continues the training part
+    /// of the same index (same case, its slab starting where the training slab ends):
+    /// the one-volume slab split, whose 3D smoother is calibrated in context
+    /// ([`calseg_vls::pipeline::Calseg::with_held_out_slabs`]). `None` for any other split.
+    pub fn held_out_slab_axis(&self) -> Option<usize> {
+        if self.train.is_empty() || self.train.len() != self.val.len() {
+            return None;
+        }
+        let mut axis = None;
+        for (t, v) in self.train.iter().zip(&self.val) {
+            let (Some(ts), Some(vs)) = (&t.slab, &v.slab) else {
+                return None;
+            };
+            if t.case != v.case || ts.axis != vs.axis || ts.range.end != vs.range.start {
+                return None;
+            }
+            if axis.is_some_and(|a| a != ts.axis) {
+                return None;
+            }
+            axis = Some(ts.axis);
+        }
+        axis
+    }
+
     /// Plans the split of `ds` (reads each case's header-sized shape only for slab
     /// splits, by loading it).
     pub fn plan(ds: &Dataset, cfg: &SplitConfig) -> Result<SplitPlan, SplitError> {
@@ -377,6 +401,15 @@ mod tests {
         assert!(dev.kind.contains("development split") && dev.test[0].id.ends_with("devtest"));
         // the ordinary split is what it was
         assert_eq!(full.kind, "axial slabs");
+        // Validation continues training along axis 2 in both: the 3D smoother's
+        // calibration context.
+        assert_eq!(full.held_out_slab_axis(), Some(2));
+        assert_eq!(dev.held_out_slab_axis(), Some(2));
+        let mut gap = full.clone();
+        if let Some(s) = gap.val[0].slab.as_mut() {
+            s.range.start += 1;
+        }
+        assert_eq!(gap.held_out_slab_axis(), None);
         for bad in [0.0, 1.0, f64::NAN] {
             let cfg = SplitConfig {
                 development: Some(bad),

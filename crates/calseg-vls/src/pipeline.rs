@@ -399,6 +399,9 @@ impl CalsegRun {
 #[derive(Debug, Clone)]
 pub struct Calseg {
     cfg: CalsegConfig,
+    /// Axis along which each validation case continues its training case (a one-volume
+    /// slab split), set by [`Calseg::with_held_out_slabs`].
+    held_out_slabs: Option<usize>,
 }
 
 impl Calseg {
@@ -408,7 +411,23 @@ impl Calseg {
     /// As [`CalsegConfig::validate`].
     pub fn new(cfg: CalsegConfig) -> Result<Self> {
         cfg.validate()?;
-        Ok(Calseg { cfg })
+        Ok(Calseg {
+            cfg,
+            held_out_slabs: None,
+        })
+    }
+
+    /// Declares that `val[i]` is a slab cut from the same volume as `train[i]`, directly
+    /// after it along spatial `axis` (how a one-volume dataset is split), so that a 3D
+    /// smoother's temperature is calibrated on each validation slab smoothed *in
+    /// context* — joined to its training slab, only its own voxels scored
+    /// ([`calibrate_held_out_slabs`](crate::smooth::calibrate_held_out_slabs)). Smoothed
+    /// alone, a thin slab is a truncated volume no training patch looked like (τ* 8.9
+    /// instead of 1.5 on the embedded brain). 2D smoothers see slices one at a time and
+    /// are calibrated as before.
+    pub fn with_held_out_slabs(mut self, axis: usize) -> Self {
+        self.held_out_slabs = Some(axis);
+        self
     }
 
     /// The configuration.
@@ -586,6 +605,7 @@ impl Calseg {
         let soft_labels = self.soft_labels(&smoother.model, train, seed)?;
         let calibration = self.calibrate(
             &smoother.model,
+            train,
             val,
             seed,
             dir.map(|d| d.join("vls")).as_deref(),
@@ -638,14 +658,17 @@ impl Calseg {
     }
 
     /// The smoother's temperature calibrated on `val` ([`calibrate_temperature`], m =
-    /// [`CalsegConfig::samples`]), when [`CalsegConfig::calibrate`] is on and there are
-    /// validation cases; stored in (and read back from) `dir/`[`crate::smooth::CALIBRATION_FILE`].
+    /// [`CalsegConfig::samples`]; for a 3D smoother after [`Calseg::with_held_out_slabs`],
+    /// each validation slab in the context of its training slab), when
+    /// [`CalsegConfig::calibrate`] is on and there are validation cases; stored in (and
+    /// read back from) `dir/`[`crate::smooth::CALIBRATION_FILE`].
     ///
     /// # Errors
     /// As [`calibrate_temperature`].
     pub fn calibrate(
         &self,
         smoother: &VlsModel,
+        train: &[Case],
         val: &[EvalCase<'_>],
         seed: u64,
         dir: Option<&Path>,
@@ -658,8 +681,29 @@ impl Calseg {
         {
             return Ok(Some(c));
         }
-        let cases: Vec<Case> = val.iter().map(|v| v.case.clone()).collect();
-        let c = calibrate_temperature(smoother, &cases, &self.cfg.smooth_config(seed))?;
+        let c = match self.held_out_slabs {
+            Some(axis) if smoother.config().dims == 3 => {
+                if train.len() != val.len() {
+                    return Err(VlsError::Config(format!(
+                        "held-out slabs: {} validation slabs for {} training slabs",
+                        val.len(),
+                        train.len()
+                    )));
+                }
+                let pairs: Vec<(&Case, &Case)> =
+                    train.iter().zip(val.iter().map(|v| v.case)).collect();
+                crate::smooth::calibrate_held_out_slabs(
+                    smoother,
+                    &pairs,
+                    axis,
+                    &self.cfg.smooth_config(seed),
+                )?
+            }
+            _ => {
+                let cases: Vec<Case> = val.iter().map(|v| v.case.clone()).collect();
+                calibrate_temperature(smoother, &cases, &self.cfg.smooth_config(seed))?
+            }
+        };
         if let Some(d) = dir {
             c.save(d)?;
         }

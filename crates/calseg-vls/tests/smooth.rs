@@ -555,4 +555,37 @@ fn held_out_slabs_are_calibrated_in_context() {
     // So is an axis the slabs do not have.
     let e = calibrate_held_out_slabs(&m, &[(&train, &held)], 3, &sc).unwrap_err();
     assert!(matches!(e, VlsError::Shape(_)), "{e}");
+
+    // The pipeline does the same once told the split is one volume's slabs (what
+    // `calseg experiment` does for a slab split); without it, each slab alone.
+    use calseg_seg::score::EvalCase;
+    use calseg_vls::pipeline::{Calseg, CalsegConfig};
+    let cfg = CalsegConfig {
+        samples: 3,
+        ..CalsegConfig::default()
+    };
+    let val = [EvalCase::new(&held)];
+    let plain = Calseg::new(cfg.clone()).unwrap();
+    let in_context = Calseg::new(cfg.clone()).unwrap().with_held_out_slabs(2);
+    let seed = 5;
+    let sc = in_context.config().smooth_config(seed);
+    let got = in_context
+        .calibrate(&m, std::slice::from_ref(&train), &val, seed, None)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        got,
+        calibrate_held_out_slabs(&m, &[(&train, &held)], 2, &sc).unwrap()
+    );
+    let got = plain
+        .calibrate(&m, std::slice::from_ref(&train), &val, seed, None)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        got,
+        calseg_vls::calibrate_temperature(&m, std::slice::from_ref(&held), &sc).unwrap()
+    );
+    // Slab pairs must pair up.
+    let e = in_context.calibrate(&m, &[], &val, seed, None).unwrap_err();
+    assert!(matches!(e, VlsError::Config(_)), "{e}");
 }
