@@ -70,7 +70,8 @@ pub const SMOOTHER_INFO_FILE: &str = "train_info.json";
 /// (a development split that never reads a test part; the calseg-vls README, "The
 /// default design, chosen on validation data alone"): 2D smoothers and nets of base 16,
 /// depth 3, 40 epochs each; **one** smoother with the label-noise likelihood
-/// (`target_sigma = 1`, so `Y_s` is anchored on `t(y)`, the SVLS smoothing of the labels);
+/// (`target_sigma = 1`, so `Y_s` is anchored on `t(y)`, the SVLS smoothing of the labels)
+/// that ends with the weights of its best validation Dice (`keep_best`);
 /// m = 16 posterior samples; τ calibrated on the validation cases; α = 0.25 (the
 /// validation choice in every seed of `calseg demo`; give several to choose on
 /// validation). Cross-fitting ([`crossfit`](Self::crossfit) = 2) and the confidence mix
@@ -149,7 +150,13 @@ impl Default for CalsegConfig {
                 target_sigma: 1.0,
                 ..VlsConfig::default()
             },
-            smoother_train: default_budget(),
+            // Early stopping on validation: the smoother ends with the weights of its
+            // best validation Dice (chosen on a development split, calseg-vls README,
+            // "The smoother's budget").
+            smoother_train: TrainerConfig {
+                keep_best: true,
+                ..default_budget()
+            },
             samples: smooth.samples,
             from: smooth.from,
             alpha: vec![0.25],
