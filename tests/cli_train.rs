@@ -73,36 +73,44 @@ struct Trained {
     stdout: String,
 }
 
+/// `calseg train` of the fixture's tiny CE net (seed 3, 2 epochs) from `data` into `out`,
+/// with `extra` flags; returns stdout.
+fn train_ce(data: &Path, out: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        "train",
+        "--data",
+        s(data),
+        "--method",
+        "ce",
+        "--dims",
+        "2",
+        "--out",
+        s(out),
+        "--epochs",
+        "2",
+        "--seed",
+        "3",
+        "--base",
+        "4",
+        "--depth",
+        "2",
+        "--batch-size",
+        "4",
+        "--iters-per-epoch",
+        "2",
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    ok(&args)
+}
+
 fn trained() -> &'static Trained {
     static T: OnceLock<Trained> = OnceLock::new();
     T.get_or_init(|| {
         let root = scratch("fixture").keep();
         let data = write_dataset(&root, 2, 1);
         let model = root.join("model_ce");
-        let stdout = ok(&[
-            "train",
-            "--data",
-            s(&data),
-            "--method",
-            "ce",
-            "--dims",
-            "2",
-            "--out",
-            s(&model),
-            "--epochs",
-            "2",
-            "--seed",
-            "3",
-            "--base",
-            "4",
-            "--depth",
-            "2",
-            "--batch-size",
-            "4",
-            "--iters-per-epoch",
-            "2",
-            "--quiet",
-        ]);
+        let stdout = train_ce(&data, &model, &[]);
         Trained {
             root,
             data,
@@ -229,34 +237,7 @@ fn train_calibrate_predict_end_to_end() {
 #[test]
 fn training_is_deterministic_and_keeps_its_best_validation() {
     let t = trained();
-    let run = |out: &Path, extra: &[&str]| -> String {
-        let mut args = vec![
-            "train",
-            "--data",
-            s(&t.data),
-            "--method",
-            "ce",
-            "--dims",
-            "2",
-            "--out",
-            s(out),
-            "--epochs",
-            "2",
-            "--seed",
-            "3",
-            "--base",
-            "4",
-            "--depth",
-            "2",
-            "--batch-size",
-            "4",
-            "--iters-per-epoch",
-            "2",
-            "--quiet",
-        ];
-        args.extend_from_slice(extra);
-        ok(&args)
-    };
+    let run = |out: &Path, extra: &[&str]| train_ce(&t.data, out, extra);
     let again = t.root.join("model_again");
     run(&again, &[]);
     let a = std::fs::read(t.model.join("model.safetensors")).unwrap();

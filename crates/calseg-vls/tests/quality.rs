@@ -60,14 +60,20 @@ fn svls_weights_and_borders() {
     );
 }
 
-#[test]
-fn icbm152_baselines_match_the_reference() {
+/// The embedded brain's labels, true tissue probabilities and brain mask.
+fn icbm152() -> (ArrayD<u32>, ArrayD<f32>, ArrayD<bool>) {
     let labels = calseg_io::icbm152::labels().unwrap().labels;
     let truth = calseg_io::icbm152::true_probs().unwrap().probs.into_f32();
     let mask = calseg_io::icbm152::brain_mask()
         .unwrap()
         .labels
         .mapv(|v| v > 0);
+    (labels, truth, mask)
+}
+
+#[test]
+fn icbm152_baselines_match_the_reference() {
+    let (labels, truth, mask) = icbm152();
     let rows = baselines(&labels.view(), &truth, Some(&mask), 0.1, 1.0, None).unwrap();
     let tv = |name: &str| rows.iter().find(|r| r.method.starts_with(name)).unwrap().tv;
     // ANCHORS: hard 0.232; smoothing the hard labels brings them closer to the truth.
@@ -97,12 +103,7 @@ fn in_plane_svls_smooths_each_slice_alone() {
 
 #[test]
 fn baselines_of_a_2d_experiment_name_both_svls_rows() {
-    let labels = calseg_io::icbm152::labels().unwrap().labels;
-    let truth = calseg_io::icbm152::true_probs().unwrap().probs.into_f32();
-    let mask = calseg_io::icbm152::brain_mask()
-        .unwrap()
-        .labels
-        .mapv(|v| v > 0);
+    let (labels, truth, mask) = icbm152();
     let rows = baselines(&labels.view(), &truth, Some(&mask), 0.1, 1.0, Some(2)).unwrap();
     let tv = |name: &str| rows.iter().find(|r| r.method == name).unwrap().tv;
     // The 3D neighbourhood is closer to the (3D) partial volume than the in-plane one:

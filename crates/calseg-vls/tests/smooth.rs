@@ -569,20 +569,17 @@ fn held_out_slabs_are_calibrated_in_context() {
     let in_context = Calseg::new(cfg.clone()).unwrap().with_held_out_slabs(2);
     let seed = 5;
     let sc = in_context.config().smooth_config(seed);
-    let got = in_context
-        .calibrate(&m, std::slice::from_ref(&train), &val, seed, None)
-        .unwrap()
-        .unwrap();
+    let cal = |c: &Calseg| {
+        c.calibrate(&m, std::slice::from_ref(&train), &val, seed, None)
+            .unwrap()
+            .unwrap()
+    };
     assert_eq!(
-        got,
+        cal(&in_context),
         calibrate_held_out_slabs(&m, &[(&train, &held)], 2, &sc).unwrap()
     );
-    let got = plain
-        .calibrate(&m, std::slice::from_ref(&train), &val, seed, None)
-        .unwrap()
-        .unwrap();
     assert_eq!(
-        got,
+        cal(&plain),
         calseg_vls::calibrate_temperature(&m, std::slice::from_ref(&held), &sc).unwrap()
     );
     // Slab pairs must pair up.
