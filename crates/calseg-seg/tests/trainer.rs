@@ -755,6 +755,12 @@ fn keep_best_ends_with_the_best_validations_weights() {
     .unwrap();
     assert_eq!(re.best, Some(best));
     assert_eq!(params(e.varmap()), params(a.varmap()));
+    // A fresh run in the same folder does not inherit an earlier run's best weights.
+    let f = Trainer::new(cfg.clone())
+        .fit(&model(5), &train, None, Some(&dir))
+        .unwrap();
+    assert!(f.best.is_none());
+    assert!(!dir.join(calseg_seg::train::BEST_FILE).exists());
     std::fs::remove_dir_all(&dir).unwrap();
     std::fs::remove_dir_all(&dir2).unwrap();
 }

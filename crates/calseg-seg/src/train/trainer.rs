@@ -327,6 +327,11 @@ impl Trainer {
         let best_path = out_dir.filter(|_| cfg.keep_best).map(|d| d.join(BEST_FILE));
         let mut best: Option<(BestEpoch, Vec<candle_core::Tensor>)> = match &best_path {
             Some(p) if epoch0 > 0 && p.exists() => Some(read_best(p, &named, &device)?),
+            Some(p) if p.exists() => {
+                // A fresh run: a best file left by an earlier run is not this run's.
+                std::fs::remove_file(p).map_err(|e| SegError::checkpoint(p, e))?;
+                None
+            }
             _ => None,
         }
         .filter(|(b, _)| b.epoch < epoch0);
