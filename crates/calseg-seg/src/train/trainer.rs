@@ -493,13 +493,12 @@ impl Trainer {
         device: &Device,
     ) -> Result<CheckpointState> {
         let (tensors, meta) = load_tensors(path, device)?;
-        let st: CheckpointState = meta
-            .get(STATE_KEY)
-            .ok_or_else(|| SegError::checkpoint(path, "no run state (not a calseg checkpoint)"))
-            .and_then(|s| {
-                serde_json::from_str(s)
-                    .map_err(|e| SegError::checkpoint(path, format!("bad run state: {e}")))
-            })?;
+        let st: CheckpointState = meta_record(
+            &meta,
+            STATE_KEY,
+            path,
+            "run state (not a calseg checkpoint)",
+        )?;
         let (a, b) = (&st.config, &self.cfg);
         if a.seed != b.seed
             || a.batch_size != b.batch_size
@@ -569,6 +568,20 @@ fn write_checkpoint(
     Ok(())
 }
 
+/// The JSON record under `key` in a safetensors file's metadata: a
+/// [`SegError::Checkpoint`] naming `path` and `what` when it is missing or malformed.
+fn meta_record<T: serde::de::DeserializeOwned>(
+    meta: &HashMap<String, String>,
+    key: &str,
+    path: &Path,
+    what: &str,
+) -> Result<T> {
+    let text = meta
+        .get(key)
+        .ok_or_else(|| SegError::checkpoint(path, format!("no {what}")))?;
+    serde_json::from_str(text).map_err(|e| SegError::checkpoint(path, format!("bad {what}: {e}")))
+}
+
 /// Writes the best validation's weights and their [`BestEpoch`] (atomically).
 fn write_best(
     path: &Path,
@@ -598,13 +611,7 @@ fn read_best(
     device: &Device,
 ) -> Result<(BestEpoch, Vec<candle_core::Tensor>)> {
     let (tensors, meta) = load_tensors(path, device)?;
-    let best: BestEpoch = meta
-        .get(BEST_KEY)
-        .ok_or_else(|| SegError::checkpoint(path, "no best-epoch record"))
-        .and_then(|s| {
-            serde_json::from_str(s)
-                .map_err(|e| SegError::checkpoint(path, format!("bad best-epoch record: {e}")))
-        })?;
+    let best: BestEpoch = meta_record(&meta, BEST_KEY, path, "best-epoch record")?;
     let snap = named
         .iter()
         .map(|(n, v)| match tensors.get(n) {
